@@ -1,2 +1,19 @@
-"""ssd_tf: SSD300 (ResNet34 / VGG16) and Faster R-CNN FPN detectors on TensorFlow 2 / Keras 3."""
+"""ssd_tf: SSD300 (ResNet34 / VGG16) and Faster R-CNN FPN detectors on TensorFlow 2 / Keras 3.
+
+``build_model`` and ``default_boxes`` are exported lazily so that ``import ssd_tf`` does not import TensorFlow.
+"""
 __version__ = "0.1.0"
+
+__all__ = ["build_model", "default_boxes", "__version__"]
+
+
+def __getattr__(name):
+    if name == "build_model":
+        from ssd_tf.models.factory import build_model
+
+        return build_model
+    if name == "default_boxes":
+        from ssd_tf.ops.anchors import ssd_default_boxes
+
+        return ssd_default_boxes
+    raise AttributeError(f"module 'ssd_tf' has no attribute {name!r}")
