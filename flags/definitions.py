@@ -1,0 +1,91 @@
+"""absl flag definitions for ssd_main.py, grouped as the config is. Flags know nothing of the package.
+
+A flag left at its default (None for most) keeps the preset's value; `ssd_main.py` is the only place
+where flags become a config.
+"""
+from absl import flags
+
+
+def define_data_flags():
+    flags.DEFINE_string("training_file_pattern", None, "Glob of training TFRecords (e.g. /data/train-*.tfrecord).")
+    flags.DEFINE_string("validation_file_pattern", None, "Glob of validation TFRecords.")
+    flags.DEFINE_string("val_json_file", None, "COCO ground-truth JSON of the validation set; without it the "
+                        "ground truth is built from the validation TFRecords.")
+    flags.DEFINE_string("label_map", None, "Label map file (JSON list of {id, name}, JSON {id: name}, or one name "
+                        "per line). Default: the converter's sidecar (PREFIX.meta.json) beside the shards.")
+    flags.DEFINE_integer("num_train_images", None, "Images per epoch (default: from the sidecar).")
+    flags.DEFINE_integer("max_boxes", None, "Boxes kept per image (padding size).")
+    flags.DEFINE_integer("shuffle_buffer", None, "Shuffle buffer in examples.")
+    flags.DEFINE_enum("augmentation", None, ["auto", "mlperf", "ssd", "none"],
+                      "Training augmentation recipe (auto: the preset's reference recipe).")
+
+
+def define_model_flags():
+    flags.DEFINE_string("model", "ssd_resnet34", "Model preset: ssd_resnet34 | ssd_vgg16 | ssd_vgg16_voc.")
+    flags.DEFINE_integer("num_classes", None, "Classes including background (default: 1 + label-map size).")
+    flags.DEFINE_float("width_multiplier", None, "Scales every channel count (1.0 = the reference model).")
+    flags.DEFINE_string("resnet_checkpoint", None, "Backbone weights: a TF checkpoint with the MLPerf ResNet34 "
+                        "variable names, or a Keras .weights.h5 of the whole model / backbone.")
+
+
+def define_train_flags():
+    flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
+    flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, config.json, eval results.")
+    flags.DEFINE_integer("train_batch_size", None, "Training batch size per device.")
+    flags.DEFINE_float("num_epochs", None, "Epochs to train (train_steps wins when given).")
+    flags.DEFINE_integer("train_steps", None, "Optimizer steps to train.")
+    flags.DEFINE_float("base_learning_rate", None, "Learning rate for lr_reference_batch images; scaled linearly "
+                       "with the global batch.")
+    flags.DEFINE_integer("lr_reference_batch", None, "Batch size that base_learning_rate refers to.")
+    flags.DEFINE_enum("lr_schedule", None, ["cosine", "multistep", "constant"], "Learning-rate schedule.")
+    flags.DEFINE_float("warmup_epochs", None, "Linear warmup length in epochs.")
+    flags.DEFINE_integer("warmup_steps", None, "Linear warmup length in steps (wins over warmup_epochs).")
+    flags.DEFINE_float("cosine_alpha", None, "Final learning rate of the cosine schedule, as a fraction.")
+    flags.DEFINE_list("lr_boundaries", None, "Multistep drops: fractions of training (<1) or steps (>=1).")
+    flags.DEFINE_float("lr_gamma", None, "Multistep factor.")
+    flags.DEFINE_float("momentum", None, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", None, "Weight decay.")
+    flags.DEFINE_enum("weight_decay_mode", None, ["coupled", "decoupled"], "coupled: L2 folded into the gradient "
+                      "(the references); decoupled: w -= lr*wd*w.")
+    flags.DEFINE_bool("exclude_bn_bias_from_weight_decay", None, "No weight decay on BN parameters and biases.")
+    flags.DEFINE_enum("loss_normalization", None, ["per_image", "per_batch"], "SSD loss normalisation.")
+    flags.DEFINE_enum("precision", None, ["fp32", "fp16", "bf16"], "Compute precision (variables stay fp32).")
+    flags.DEFINE_bool("xla", None, "Compile the forward/backward pass with XLA.")
+    flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.")
+    flags.DEFINE_integer("log_every_steps", None, "Steps between log lines.")
+    flags.DEFINE_integer("checkpoint_every_steps", None, "Steps between checkpoints.")
+    flags.DEFINE_integer("keep_checkpoints", None, "Checkpoints kept.")
+    flags.DEFINE_integer("seed", None, "Random seed (data order, augmentation, initialisation).")
+
+
+def define_eval_flags():
+    flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size.")
+    flags.DEFINE_float("eval_every_epochs", None, "train_and_eval: evaluate every this many epochs (and at the end).")
+    flags.DEFINE_enum("eval_backend", None, ["faster", "pycocotools"], "COCO evaluation implementation.")
+    flags.DEFINE_enum("eval_metric", None, ["coco", "voc07", "voc"], "coco: COCO AP; voc07: VOC 11-point mAP; "
+                      "voc: VOC2010+ area mAP.")
+    flags.DEFINE_integer("eval_steps", None, "Evaluation batches (0: the whole validation set).")
+    flags.DEFINE_string("checkpoint", None, "eval: this checkpoint instead of the latest.")
+    flags.DEFINE_bool("eval_all_checkpoints", False, "eval: every checkpoint in model_dir in turn.")
+    flags.DEFINE_float("score_threshold", None, "Post-processing score threshold (default: the preset's).")
+    flags.DEFINE_float("nms_iou_threshold", None, "Post-processing NMS IoU threshold (default: the preset's).")
+    flags.DEFINE_integer("max_detections", None, "Detections kept per image (default: the preset's).")
+
+
+def define_distribute_flags():
+    flags.DEFINE_enum("strategy", None, ["auto", "one_device", "mirrored", "multi_worker"], "Distribution strategy.")
+    flags.DEFINE_integer("num_devices", None, "Devices per worker (0: all visible).")
+    flags.DEFINE_bool("sync_batchnorm", None, "Synchronise BatchNorm statistics across replicas.")
+    flags.DEFINE_list("worker_hosts", None, "Cluster workers host:port,... (with --task_index).")
+    flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
+    flags.DEFINE_string("rank_table_file", None, "Ascend-style rank table JSON; this process is RANK_ID / --rank_id.")
+    flags.DEFINE_integer("rank_id", None, "Rank in the rank table (default: $RANK_ID).")
+    flags.DEFINE_integer("base_port", 29500, "Worker port = base_port + rank for rank tables and SLURM.")
+
+
+def define_all():
+    define_data_flags()
+    define_model_flags()
+    define_train_flags()
+    define_eval_flags()
+    define_distribute_flags()

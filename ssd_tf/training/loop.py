@@ -1,0 +1,229 @@
+"""The training runtime: a custom loop (DESIGN.md: Keras `fit` fails under MultiWorkerMirroredStrategy).
+
+Nothing here knows about SSD. A *task* supplies the model, the data and the losses:
+
+    task.loss_names                          ("total_loss", ...); total_loss drives the gradient
+    task.build_model() -> keras.Model
+    task.build_train_dataset(input_context, start_step) -> tf.data.Dataset of (images, labels) batches
+        at the per-replica batch size, infinite, starting `start_step` steps into the data stream
+    task.compute_losses(model, images, labels) -> {name: scalar float32}, normalised per replica batch
+    task.evaluate(model) -> {metric: value}  (chief only)
+
+`strategy.run` runs inside one `tf.function` that performs `steps_per_loop` steps per call; with
+`xla=True` the forward/backward pass is compiled with XLA, the all-reduce and update are not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from ssd_tf.training import progress
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left as the latest."""
+
+
+@dataclasses.dataclass
+class LoopOptions:
+    total_steps: int
+    steps_per_loop: int = 10
+    log_every_steps: int = 10
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 5
+    eval_every_steps: int = 0  # 0: no evaluation during training
+    xla: bool = False
+    precision: str = "fp32"
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None):
+        return True
+    spec = resolver.cluster_spec().as_dict()
+    if not spec:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if "chief" in spec:
+        return task_type == "chief"
+    return task_type in (None, "worker") and (task_id or 0) == 0
+
+
+class Trainer:
+    """Owns model, optimizer, step counter and checkpoints for one run."""
+
+    def __init__(self, task, strategy: tf.distribute.Strategy, model_dir: str,
+                 make_optimizer: Callable[[], "keras.optimizers.Optimizer"], options: LoopOptions,
+                 log_fn: Callable[[str], None] = print, init_fn: Optional[Callable] = None):
+        self.task = task
+        self.strategy = strategy
+        self.options = options
+        self.log = log_fn
+        self.is_chief = _is_chief(strategy)
+        self.model_dir = model_dir
+        # Non-chief workers write to a private temporary directory (their copies are identical).
+        self.write_dir = model_dir if self.is_chief else os.path.join(
+            model_dir, ".tmp_worker", str(getattr(strategy.cluster_resolver, "task_id", 0)))
+        with strategy.scope():
+            self.model = task.build_model()
+            self.optimizer = make_optimizer()
+            if options.precision == "fp16":
+                import keras
+
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            self.optimizer.build(self.model.trainable_variables)
+            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.global_step)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
+                                                  max_to_keep=options.keep_checkpoints, step_counter=self.global_step)
+        restored = self.manager.latest_checkpoint
+        if restored:
+            self.checkpoint.restore(restored).expect_partial()
+            self.log(f"Restored {restored} (step {int(self.global_step.numpy())})")
+        elif init_fn is not None:
+            init_fn(self.model)
+        self.restored_from = restored
+        self._train_loop = None
+
+    # ----------------------------------------------------------------------------------------------
+    def _build_train_loop(self):
+        strategy, task, model, optimizer = self.strategy, self.task, self.model, self.optimizer
+        loss_names = tuple(task.loss_names)
+        num_replicas = strategy.num_replicas_in_sync
+        fp16 = self.options.precision == "fp16"
+
+        def grads_and_losses(images, labels):
+            with tf.GradientTape() as tape:
+                losses = task.compute_losses(model, images, labels)
+                loss = tf.cast(losses["total_loss"], tf.float32) / num_replicas
+                if fp16:
+                    loss = optimizer.scale_loss(loss)
+            grads = tape.gradient(loss, model.trainable_variables)
+            return {k: tf.cast(losses[k], tf.float32) for k in loss_names}, grads
+
+        if self.options.xla:
+            grads_and_losses = tf.function(grads_and_losses, jit_compile=True)
+
+        def step_fn(images, labels):
+            losses, grads = grads_and_losses(images, labels)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            self.global_step.assign_add(1)
+            return losses
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            sums = {k: tf.constant(0.0) for k in loss_names}
+            bad = {k: tf.constant(0.0) for k in loss_names}
+            bad_step = tf.constant(-1, tf.int64)
+            wait = tf.constant(0.0, tf.float64)
+            for _ in tf.range(num_steps):
+                t0 = tf.timestamp()
+                images, labels = next(iterator)
+                wait += tf.timestamp() - t0
+                per_replica = strategy.run(step_fn, args=(images, labels))
+                losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica[k], axis=None)
+                          for k in loss_names}
+                finite = tf.reduce_all([tf.math.is_finite(v) for v in losses.values()])
+                first_bad = tf.logical_and(tf.logical_not(finite), bad_step < 0)
+                bad_step = tf.where(first_bad, self.global_step.read_value(), bad_step)
+                bad = {k: tf.where(first_bad, losses[k], bad[k]) for k in loss_names}
+                sums = {k: sums[k] + losses[k] for k in loss_names}
+            n = tf.cast(num_steps, tf.float32)
+            return {k: sums[k] / n for k in loss_names}, bad_step, bad, wait
+
+        return train_loop
+
+    def current_lr(self) -> float:
+        opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        lr = opt.learning_rate
+        if callable(lr):
+            lr = lr(opt.iterations)
+        return float(np.asarray(lr))
+
+    def _save(self, force: bool = False) -> Optional[str]:
+        step = int(self.global_step.numpy())
+        if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
+            return self.manager.latest_checkpoint
+        path = self.manager.save(checkpoint_number=step)
+        if self.is_chief:
+            self.log(f"Saved checkpoint {path}")
+        return path
+
+    # ----------------------------------------------------------------------------------------------
+    def train(self, evaluate: Optional[Callable[[int], dict]] = None) -> dict:
+        """Runs to `total_steps` (resuming where the checkpoint left off). Returns the last losses."""
+        opts = self.options
+        start = int(self.global_step.numpy())
+        if start >= opts.total_steps:
+            self.log(f"Nothing to train: step {start} >= total steps {opts.total_steps}")
+            return {}
+        global_batch = getattr(self.task, "global_batch_size", None)
+        logger = progress.ProgressLogger(os.path.join(self.write_dir, "summaries"), opts.total_steps,
+                                         global_batch or 0, write_files=self.is_chief)
+        dataset_fn = lambda ctx: self.task.build_train_dataset(ctx, start)  # noqa: E731
+        dist_ds = self.strategy.distribute_datasets_from_function(dataset_fn)
+        iterator = iter(dist_ds)
+        if self._train_loop is None:
+            self._train_loop = self._build_train_loop()
+
+        step, last_losses, first = start, {}, True
+        interval_time = interval_wait = 0.0
+        interval_steps = 0
+        interval_sums = {}
+        try:
+            while step < opts.total_steps:
+                boundaries = [opts.total_steps]
+                for every in (opts.log_every_steps, opts.checkpoint_every_steps, opts.eval_every_steps):
+                    if every and every > 0:
+                        boundaries.append((step // every + 1) * every)
+                n = min(min(boundaries) - step, opts.steps_per_loop)
+                t0 = time.perf_counter()
+                losses, bad_step, bad, wait = self._train_loop(iterator, tf.constant(n, tf.int32))
+                losses = {k: float(v) for k, v in losses.items()}
+                elapsed = time.perf_counter() - t0
+                if int(bad_step) >= 0 or not all(math.isfinite(v) for v in losses.values()):
+                    parts = ", ".join(f"{k}={float(v):.6g}" for k, v in bad.items())
+                    raise TrainingDiverged(
+                        f"loss is not finite at step {int(bad_step) + 1} ({parts}); training stopped. "
+                        f"The latest good checkpoint is {self.manager.latest_checkpoint or 'none (no checkpoint yet)'}; "
+                        f"lower the learning rate or check the data, then rerun to resume from it.")
+                step += n
+                interval_steps += n
+                interval_time += elapsed
+                interval_wait += float(wait)
+                for k, v in losses.items():
+                    interval_sums[k] = interval_sums.get(k, 0.0) + v * n
+                last_losses = losses
+                if step % max(opts.log_every_steps, 1) == 0 or step == opts.total_steps:
+                    avg = {k: v / interval_steps for k, v in interval_sums.items()}
+                    logger.log_train(step, interval_steps, interval_time, interval_wait, self.current_lr(), avg,
+                                     first_interval=first)
+                    first = False
+                    interval_time = interval_wait = 0.0
+                    interval_steps = 0
+                    interval_sums = {}
+                if (opts.checkpoint_every_steps and step % opts.checkpoint_every_steps == 0) \
+                        or step == opts.total_steps:
+                    self._save()
+                if evaluate is not None and opts.eval_every_steps and step % opts.eval_every_steps == 0 \
+                        and step != opts.total_steps:
+                    self._evaluate(evaluate, step, logger)
+            if evaluate is not None:
+                self._evaluate(evaluate, step, logger)
+        finally:
+            logger.close()
+        return last_losses
+
+    def _evaluate(self, evaluate, step, logger):
+        if not self.is_chief:
+            return
+        metrics = evaluate(step)
+        logger.log_eval(step, metrics)
+        self.last_eval = metrics
