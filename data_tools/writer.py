@@ -1,0 +1,573 @@
+"""The shared TFRecord writer of every converter: `convert(records, ...)` and `add_output_flags()`.
+
+How a conversion runs
+- Checks first (cheap, before any shard is written): duplicate source ids (error), every image file
+  exists (missing -> skip), every label is in the label map (unknown -> skip), and, under --strict,
+  every box against the size the annotation states, so that a strict run fails at once.
+- Image i goes to shard i % num_shards. Each worker process writes whole shards, one image at a time
+  (read, check, build, append), so memory does not grow with the dataset and the shard bytes do not
+  depend on --num_processes. No TensorFlow: records are framed here (masked CRC-32C via google-crc32c)
+  and encoded by `ssd_tf.data.example`.
+- A shard is written as `.{name}.convert/NNNNN-of-MMMMM.tfrecord.incomplete` and renamed to
+  `{prefix}-NNNNN-of-MMMMM.tfrecord` only when complete, after a small done-marker (record count,
+  size, sha256 and a fingerprint of the shard's inputs and options) is written beside the temporary file.
+  A rerun reuses a finished shard whose fingerprint, size and sha256 match its marker and rewrites
+  the others, so the final files equal those of an uninterrupted run byte for byte. Final-named files
+  of shards that are not reused are deleted before work starts; the sidecar `{prefix}.meta.json` is
+  written last (its presence means the job finished) and the work directory is then removed.
+
+Images
+- JPEG (and MPO) and PNG bytes are stored as they are; the decoder turns grayscale, CMYK, palette,
+  alpha and 16-bit images into RGB (tf.io.decode_image does: checked in tests). Any other format PIL
+  reads (BMP, GIF first frame, TIFF, WebP, ...) is decoded and re-encoded losslessly as RGB PNG.
+- --verify_images=header (default): PIL parses the header (size, mode); a JPEG must end with its EOI
+  marker (FF D9) and a PNG with its IEND chunk, else the image is fully decoded and skipped if that
+  fails (so a truncated file is caught, while data appended after a valid image is accepted).
+  --verify_images=full fully decodes every image with PIL (about 3-5 ms per VGA JPEG).
+- The size found in the file must equal the annotation's (when it states one), else the image is skipped.
+
+Boxes (absolute continuous pixels, x first, as in `data_tools.records`)
+- non-finite coordinates, zero or negative width/height, or nothing left inside the image after clipping
+  to [0, width] x [0, height] -> the box is skipped; a box partly outside is clipped (and counted).
+- area = the annotation's area when given, else the clipped box area in pixels.
+
+Every skip is listed in the sidecar with its reason; --strict turns any skip into a ConversionError.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import struct
+import sys
+import time
+
+from data_tools.records import ConversionError, ImageRecord, SkipReport
+from ssd_tf.data import example as ex
+
+FORMAT_VERSION = 1
+VERIFY_MODES = ("header", "full")
+DELAY_ENV = "SSD_TF_WRITER_TEST_DELAY"  # test hook: seconds to sleep per image (interrupt tests)
+
+try:
+    import google_crc32c as _crc32c
+
+    def crc32c(data: bytes) -> int:
+        return _crc32c.value(data)
+except ImportError:  # pragma: no cover - only without the pinned dependency (about 100x slower)
+    _TABLE = []
+    for _i in range(256):
+        _c = _i
+        for _ in range(8):
+            _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+        _TABLE.append(_c)
+
+    def crc32c(data: bytes) -> int:
+        crc = 0xFFFFFFFF
+        for b in data:
+            crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        return crc ^ 0xFFFFFFFF
+
+
+def masked_crc(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """TFRecord framing: uint64 length, masked crc32c(length), data, masked crc32c(data)."""
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
+
+
+def read_records(path: str):
+    """Yield the payloads of a TFRecord file, checking both CRCs (for tests and the inspector)."""
+    with open(path, "rb") as f:
+        index = 0
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ConversionError(f"{path}: record {index} truncated in its header")
+            (length,) = struct.unpack("<Q", header[:8])
+            if struct.unpack("<I", header[8:])[0] != masked_crc(header[:8]):
+                raise ConversionError(f"{path}: record {index} length CRC mismatch")
+            data, footer = f.read(length), f.read(4)
+            if len(data) < length or len(footer) < 4 or struct.unpack("<I", footer)[0] != masked_crc(data):
+                raise ConversionError(f"{path}: record {index} data truncated or CRC mismatch")
+            yield data
+            index += 1
+
+
+def shard_path(prefix: str, index: int, num_shards: int) -> str:
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def sidecar_path(prefix: str) -> str:
+    return f"{prefix}.meta.json"
+
+
+def _work_dir(prefix: str) -> str:
+    head, tail = os.path.split(os.path.abspath(prefix))
+    return os.path.join(head, f".{tail}.convert")
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+class _ImageProblem(Exception):
+    """An image that cannot be used; the message is the skip reason."""
+
+
+def _read_image(path: str, verify: str):
+    """-> (bytes to store, format "jpeg"|"png", width, height, reencoded). Raises _ImageProblem."""
+    from PIL import Image  # imported here: PIL's plugins load lazily anyway
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _ImageProblem(f"cannot read image file: {e.strerror or e}") from e
+    if not data:
+        raise _ImageProblem("empty image file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt, (width, height) = img.format, img.size
+    except Exception as e:  # PIL raises many types for bad headers
+        raise _ImageProblem(f"not a readable image ({type(e).__name__}: {e})") from e
+
+    def full_decode(why: str):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as e:
+            raise _ImageProblem(f"corrupt or truncated {fmt} image ({why}; decode failed: {e})") from e
+
+    if fmt in ("JPEG", "MPO"):
+        if verify == "full" or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            full_decode("no end-of-image marker" if verify != "full" else "full verification")
+        return data, "jpeg", width, height, False
+    if fmt == "PNG":
+        if verify == "full" or not data.endswith(b"IEND\xaeB`\x82"):
+            full_decode("no IEND chunk" if verify != "full" else "full verification")
+        return data, "png", width, height, False
+    try:  # anything else: decode (first frame) and store as lossless RGB PNG
+        img.seek(0)
+        img.load()
+        rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")
+        out = io.BytesIO()
+        rgb.save(out, "PNG")
+    except Exception as e:
+        raise _ImageProblem(f"corrupt or unsupported {fmt} image ({type(e).__name__}: {e})") from e
+    return out.getvalue(), "png", width, height, True
+
+
+# ------------------------------------------------------------------------------------------------ boxes
+
+def check_box(obj, width: int, height: int):
+    """-> (xmin, ymin, xmax, ymax clipped to the image, clipped: bool) or (None, reason)."""
+    coords = (obj.xmin, obj.ymin, obj.xmax, obj.ymax)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in coords):
+        return None, f"non-finite or non-numeric box coordinates {coords}"
+    xmin, ymin, xmax, ymax = (float(v) for v in coords)
+    if xmax < xmin or ymax < ymin:
+        return None, f"negative box size [xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}]"
+    if xmax == xmin or ymax == ymin:
+        return None, f"zero-size box [xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}]"
+    cx0, cy0 = min(max(xmin, 0.0), width), min(max(ymin, 0.0), height)
+    cx1, cy1 = min(max(xmax, 0.0), width), min(max(ymax, 0.0), height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None, (f"box [xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}] has no area inside the "
+                      f"{width}x{height} image after clipping")
+    return (cx0, cy0, cx1, cy1), (cx0, cy0, cx1, cy1) != (xmin, ymin, xmax, ymax)
+
+
+def _box_where(record: ImageRecord, j: int, obj) -> str:
+    return obj.where or f"{record.where or record.image_path} object {j}"
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+def _shard_fingerprint(records, k: int, file_stats, excluded, options: dict) -> str:
+    """Hash of everything that decides shard k's bytes: options, its records, their files' size + mtime."""
+    h = hashlib.sha256(json.dumps(dict(options, shard=k), sort_keys=True).encode())
+    for i in range(k, len(records), options["num_shards"]):
+        r = records[i]
+        objs = [(o.xmin, o.ymin, o.xmax, o.ymax, o.label, o.text, o.is_crowd, o.difficult, o.truncated, o.area,
+                 (i, j) in excluded) for j, o in enumerate(r.objects)]
+        h.update(repr((i, r.image_path, r.source_id, r.filename, r.height, r.width, objs, i in excluded,
+                       file_stats[i])).encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Worker state (set before the pool forks or by the pool initializer).
+_STATE = {}
+
+
+def _init_worker(state):
+    _STATE.clear()
+    _STATE.update(state)
+
+
+def _write_shard(k: int) -> dict:
+    """Write shard k of _STATE's job; returns its stats (also written to the done-marker)."""
+    st = _STATE
+    records, opts, excluded = st["records"], st["options"], st["excluded"]
+    num_shards, verify, strict = opts["num_shards"], opts["verify_images"], st["strict"]
+    final = shard_path(st["prefix"], k, num_shards)
+    tmp = os.path.join(st["work_dir"], os.path.basename(final) + ".incomplete")
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    stats = {"shard": k, "num_records": 0, "num_objects": 0, "objects_per_label": {}, "images_without_objects": 0,
+             "clipped_boxes": 0, "formats": {}, "reencoded_images": 0, "skipped": []}
+    sha = hashlib.sha256()
+    pending = 0
+
+    def skip(i, j, kind, where, reason):
+        if strict:
+            raise ConversionError(f"{where}: {reason} (--strict turns skips into errors)")
+        stats["skipped"].append([i, j, kind, where, reason])
+
+    try:
+        with open(tmp, "wb") as out:
+            for i in range(k, len(records), num_shards):
+                if delay:
+                    time.sleep(delay)
+                pending += 1
+                if pending >= 16:
+                    _tick(pending)
+                    pending = 0
+                if i in excluded:
+                    continue
+                rec = records[i]
+                where = rec.where or rec.image_path
+                try:
+                    data, fmt, width, height, reencoded = _read_image(rec.image_path, verify)
+                except _ImageProblem as e:
+                    skip(i, -1, "image", where, f"{rec.image_path}: {e}")
+                    continue
+                if rec.height is not None and rec.width is not None and (rec.height, rec.width) != (height, width):
+                    skip(i, -1, "image", where, f"{rec.image_path}: image is {height}x{width} (HxW) but the "
+                                                f"annotation says {rec.height}x{rec.width}")
+                    continue
+                cols = {n: [] for n in ("xmin", "ymin", "xmax", "ymax", "labels", "texts", "is_crowd", "area",
+                                        "difficult", "truncated")}
+                for j, obj in enumerate(rec.objects):
+                    if (i, j) in excluded:
+                        continue
+                    box, flag = check_box(obj, width, height)
+                    if box is None:
+                        skip(i, j, "box", _box_where(rec, j, obj), flag)
+                        continue
+                    x0, y0, x1, y1 = box
+                    stats["clipped_boxes"] += int(flag)
+                    cols["xmin"].append(x0 / width)
+                    cols["ymin"].append(y0 / height)
+                    cols["xmax"].append(x1 / width)
+                    cols["ymax"].append(y1 / height)
+                    cols["labels"].append(obj.label)
+                    cols["texts"].append(obj.text)
+                    cols["is_crowd"].append(obj.is_crowd)
+                    cols["area"].append(float(obj.area) if obj.area is not None else (x1 - x0) * (y1 - y0))
+                    cols["difficult"].append(obj.difficult)
+                    cols["truncated"].append(obj.truncated)
+                    key = str(obj.label)
+                    stats["objects_per_label"][key] = stats["objects_per_label"].get(key, 0) + 1
+                payload = ex.encode_example(encoded=data, image_format=fmt, height=height, width=width,
+                                            source_id=rec.source_id, filename=rec.filename,
+                                            sha256=hashlib.sha256(data).hexdigest(), **cols)
+                framed = frame_record(payload)
+                out.write(framed)
+                sha.update(framed)
+                stats["num_records"] += 1
+                stats["num_objects"] += len(cols["xmin"])
+                stats["images_without_objects"] += int(not cols["xmin"])
+                stats["formats"][fmt] = stats["formats"].get(fmt, 0) + 1
+                stats["reencoded_images"] += int(reencoded)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    finally:
+        if pending:
+            _tick(pending)
+    stats.update(file=os.path.basename(final), bytes=os.path.getsize(tmp), sha256=sha.hexdigest(),
+                 fingerprint=st["fingerprints"][k])
+    marker = tmp[: -len(".incomplete")] + ".done.json"
+    with open(marker + ".tmp", "w") as f:
+        json.dump(stats, f)
+    os.replace(marker + ".tmp", marker)
+    os.replace(tmp, final)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+def _precheck(records, label_map: dict, strict: bool):
+    """Cheap checks of the whole job before any shard is written.
+
+    -> (excluded: set of image indices i and (i, j) box pairs, entries [[i, j, kind, where, reason]],
+        file_stats [(size, mtime_ns) or None]).
+    """
+    excluded, entries, file_stats, seen = set(), [], [], {}
+
+    def skip(i, j, kind, where, reason):
+        if strict:
+            raise ConversionError(f"{where}: {reason} (--strict turns skips into errors)")
+        entries.append([i, j, kind, where, reason])
+        excluded.add(i if j < 0 else (i, j))
+
+    for i, rec in enumerate(records):
+        if not isinstance(rec, ImageRecord):
+            raise ConversionError(f"record {i}: expected an ImageRecord, got {type(rec).__name__}")
+        where = rec.where or rec.image_path
+        key = str(rec.source_id)
+        if key in seen:
+            raise ConversionError(f"{where}: duplicate source id {key!r} (also used by {seen[key]})")
+        seen[key] = where
+        try:
+            s = os.stat(rec.image_path)
+            file_stats.append((s.st_size, s.st_mtime_ns))
+        except OSError as e:
+            file_stats.append(None)
+            skip(i, -1, "image", where, f"missing image file {rec.image_path} ({e.strerror})")
+            continue
+        for j, obj in enumerate(rec.objects):
+            if obj.label not in label_map:
+                skip(i, j, "box", _box_where(rec, j, obj), f"unknown category id {obj.label!r} (not in the label map)")
+            elif strict and rec.width and rec.height:
+                box, reason = check_box(obj, rec.width, rec.height)
+                if box is None:
+                    skip(i, j, "box", _box_where(rec, j, obj), reason)
+    return excluded, entries, file_stats
+
+
+def _resolve_verify(verify_images):
+    if verify_images is None:
+        try:
+            from absl import flags
+
+            f = flags.FLAGS
+            verify_images = f.verify_images if ("verify_images" in f and f.is_parsed()) else "header"
+        except ImportError:  # pragma: no cover
+            verify_images = "header"
+    if verify_images not in VERIFY_MODES:
+        raise ValueError(f"verify_images must be one of {VERIFY_MODES}, got {verify_images!r}")
+    return verify_images
+
+
+def _reusable(final: str, marker: str, fingerprint: str):
+    """The stats of a finished shard from an earlier run if its file still matches its marker, else None."""
+    if not (os.path.isfile(final) and os.path.isfile(marker)):
+        return None
+    try:
+        with open(marker) as f:
+            stats = json.load(f)
+        if (stats.get("fingerprint") == fingerprint and os.path.getsize(final) == stats["bytes"]
+                and _file_sha256(final) == stats["sha256"]):
+            return stats
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- convert
+
+def convert(records, *, output_prefix: str, num_shards: int, num_processes: int, label_map: dict,
+            skips: SkipReport, source: dict, verify_images: str | None = None, progress: bool = True) -> dict:
+    """Write `records` (list of ImageRecord) as `{output_prefix}-NNNNN-of-MMMMM.tfrecord` shards + sidecar.
+
+    label_map: {dataset id: name} in dataset order. skips: the parser's SkipReport (its `strict` applies
+    to the writer too; the writer's skips are appended to it). source: free-form description of the
+    input, copied into the sidecar. verify_images: "header" | "full" (None: the --verify_images flag
+    when defined and parsed, else "header"). num_processes 0 means one per CPU. Returns the sidecar dict.
+    """
+    records = list(records)
+    if not output_prefix:
+        raise ValueError("output_prefix must be a non-empty path prefix")
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards must be an integer >= 1, got {num_shards!r}")
+    if not isinstance(num_processes, int) or num_processes < 0:
+        raise ValueError(f"num_processes must be an integer >= 0, got {num_processes!r}")
+    if not isinstance(label_map, dict):
+        raise ValueError(f"label_map must be a dict {{id: name}}, got {type(label_map).__name__}")
+    verify = _resolve_verify(verify_images)
+    strict = bool(skips.strict)
+
+    excluded, pre_entries, file_stats = _precheck(records, label_map, strict)
+    options = {"format_version": FORMAT_VERSION, "num_shards": num_shards, "verify_images": verify,
+               "label_map": [[int(k), str(v)] for k, v in label_map.items()]}
+    fingerprints = [_shard_fingerprint(records, k, file_stats, excluded, options) for k in range(num_shards)]
+
+    out_dir = os.path.dirname(os.path.abspath(output_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    work_dir = _work_dir(output_prefix)
+    os.makedirs(work_dir, exist_ok=True)
+    meta = sidecar_path(output_prefix)
+    if os.path.exists(meta):
+        os.remove(meta)  # written last: its presence means "finished"
+
+    shard_stats, todo = {}, []
+    for k in range(num_shards):
+        final = shard_path(output_prefix, k, num_shards)
+        marker = os.path.join(work_dir, os.path.basename(final) + ".done.json")
+        stats = _reusable(final, marker, fingerprints[k])
+        if stats is not None:
+            shard_stats[k] = stats
+            continue
+        for stale in (final, marker):
+            if os.path.exists(stale):
+                os.remove(stale)
+        todo.append(k)
+    if shard_stats:
+        print(f"reusing {len(shard_stats)} finished shard(s) of an earlier run of this job", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    done_before = sum(len(range(k, len(records), num_shards)) for k in shard_stats)
+    bar = tqdm(total=len(records), initial=done_before, unit="img", file=sys.stderr, disable=not progress,
+               desc=os.path.basename(output_prefix), smoothing=0.1)
+    state = {"records": records, "options": options, "excluded": excluded, "strict": strict,
+             "prefix": output_prefix, "work_dir": work_dir, "fingerprints": fingerprints}
+    workers = min(num_processes or os.cpu_count() or 1, len(todo))
+    try:
+        if workers <= 1:
+            _init_worker(dict(state, tick=bar.update))
+            results = [_write_shard(k) for k in todo]
+        else:
+            results = _run_pool(state, todo, workers, bar)
+    except BaseException:
+        for k in todo:  # a terminated worker leaves its temporary file behind
+            tmp = os.path.join(work_dir, os.path.basename(shard_path(output_prefix, k, num_shards)) + ".incomplete")
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    finally:
+        _STATE.clear()
+        bar.close()
+    for stats in results:
+        shard_stats[stats["shard"]] = stats
+
+    sidecar = _sidecar(records, shard_stats, num_shards, label_map, skips, pre_entries, source, verify, strict)
+    with open(meta + ".tmp", "w") as f:
+        json.dump(sidecar, f, indent=1)
+        f.write("\n")
+    os.replace(meta + ".tmp", meta)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return sidecar
+
+
+def _run_pool(state, todo, workers, bar):
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    counter = ctx.Value("q", 0)
+    shown = 0
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(dict(state, counter=counter),)) as pool:
+        result = pool.map_async(_write_shard, todo, chunksize=1)
+        while not result.ready():
+            result.wait(0.1)
+            value = counter.value
+            bar.update(value - shown)
+            shown = value
+        results = result.get()
+    bar.update(counter.value - shown)
+    return results
+
+
+def _tick(n):
+    counter = _STATE.get("counter")
+    if counter is not None:
+        with counter.get_lock():
+            counter.value += n
+    elif "tick" in _STATE:
+        _STATE["tick"](n)
+
+
+def _sidecar(records, shard_stats, num_shards, label_map, skips, pre_entries, source, verify, strict) -> dict:
+    per_label, formats = {}, {}
+    writer_entries = list(pre_entries)
+    totals = dict.fromkeys(("num_records", "num_objects", "images_without_objects", "clipped_boxes",
+                            "reencoded_images"), 0)
+    shards = []
+    for k in range(num_shards):
+        s = shard_stats[k]
+        for key in totals:
+            totals[key] += s[key]
+        for label, n in s["objects_per_label"].items():
+            per_label[label] = per_label.get(label, 0) + n
+        for fmt, n in s["formats"].items():
+            formats[fmt] = formats.get(fmt, 0) + n
+        writer_entries.extend(s["skipped"])
+        shards.append({"file": s["file"], "num_records": s["num_records"], "bytes": s["bytes"],
+                       "sha256": s["sha256"]})
+    writer_entries.sort(key=lambda e: (e[0], e[1]))
+    new_entries = [{"kind": kind, "where": where, "reason": reason} for _, _, kind, where, reason in writer_entries]
+    skips.entries.extend(new_entries)  # the caller's report now has everything
+    per_class = {}
+    for label, name in label_map.items():
+        per_class[str(name)] = per_class.get(str(name), 0) + per_label.get(str(label), 0)
+    counts = {}
+    for e in skips.entries:
+        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "label_map": [{"id": int(k), "name": str(v)} for k, v in label_map.items()],
+        "num_source_images": len(records),
+        "num_images": totals["num_records"],
+        "num_objects": totals["num_objects"],
+        "objects_per_class": per_class,
+        "objects_per_class_id": {str(k): per_label.get(str(k), 0) for k in label_map},
+        "images_without_objects": totals["images_without_objects"],
+        "clipped_boxes": totals["clipped_boxes"],
+        "image_formats": dict(sorted(formats.items())),
+        "reencoded_images": totals["reencoded_images"],
+        "skipped_counts": counts,
+        "skipped": list(skips.entries),
+        "options": {"num_shards": num_shards, "verify_images": verify, "strict": strict},
+        "shards": shards,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- flags
+
+def add_output_flags(default_num_shards: int = 8) -> None:
+    """Define --output_file_prefix, --num_shards, --num_processes, --strict, --verify_images (idempotent)."""
+    from absl import flags
+
+    f = flags.FLAGS
+    if "output_file_prefix" in f:
+        return
+    flags.DEFINE_string("output_file_prefix", None,
+                        "Output path prefix: writes PREFIX-00000-of-0000N.tfrecord shards and PREFIX.meta.json.")
+    flags.DEFINE_integer("num_shards", default_num_shards, "Number of output shards (image i -> shard i % N).",
+                         lower_bound=1)
+    flags.DEFINE_integer("num_processes", 0, "Worker processes (0: one per CPU; never more than --num_shards). "
+                         "The output does not depend on it.", lower_bound=0)
+    flags.DEFINE_boolean("strict", False, "Stop with an error instead of skipping a bad image or box.")
+    flags.DEFINE_enum("verify_images", "header", list(VERIFY_MODES),
+                      "header: parse the header and check the JPEG EOI / PNG IEND end marker (a file without it "
+                      "is fully decoded); full: fully decode every image with PIL (slower).")
+    flags.mark_flag_as_required("output_file_prefix")
+
+
+def output_kwargs_from_flags() -> dict:
+    """convert()'s output keyword arguments from the parsed flags of add_output_flags()."""
+    from absl import flags
+
+    f = flags.FLAGS
+    return {"output_prefix": f.output_file_prefix, "num_shards": f.num_shards,
+            "num_processes": f.num_processes, "verify_images": f.verify_images}
