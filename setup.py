@@ -3,6 +3,7 @@ from setuptools import find_packages, setup
 
 RUNTIME = [
     "tensorflow==2.21.0",
+    "tensorboard==2.21.0",  # tf.summary needs it; tensorflow 2.21 no longer pulls it in
     "keras==3.15.1",
     "numpy>=1.26,<3",
     "absl-py==2.5.1",
@@ -12,6 +13,7 @@ RUNTIME = [
     "pillow==13.0.0",
     "defusedxml==0.7.1",
     "tqdm==4.70.1",
+    "google-crc32c==1.9.0",  # TFRecord CRCs in the converters without importing TensorFlow
 ]
 
 EXTRAS = {
