@@ -1,0 +1,88 @@
+"""SSD inference post-processing: decode, softmax, per-class threshold + top-k + NMS, per-image top-k.
+
+Semantics (shared by the references up to the tie cases noted):
+1. decode the regression against the default boxes (optionally clamping dh, dw as torchvision does) and clip the
+   boxes to [0, 1] *before* NMS (torchvision clips before NMS; MLPerf REF does not, which only matters for boxes
+   that leave the image);
+2. softmax over classes; for each foreground class keep scores > ``score_threshold`` and the
+   ``max_candidates_per_class`` highest of those;
+3. greedy NMS per class, a box is suppressed when its IoU with a kept box is > ``iou_threshold``
+   (torchvision, TPU; ssd.pytorch keeps IoU <= t, i.e. the same; MLPerf REF keeps IoU < t: differs only at equality);
+4. the ``max_detections`` highest-scoring survivors over all classes, sorted by score.
+
+Implementation: ``tf.math.top_k`` picks the candidates per class, then ``tf.image.combined_non_max_suppression``
+runs the per-class NMS on the [B, k, C-1, 4] candidate boxes. Outputs are padded to ``max_detections``.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ssd_tf.ops import box_coder
+from ssd_tf.ops.boxes import clip_boxes
+
+POSTPROCESS_DEFAULTS = {
+    # MLPerf v0.6 REF/TPU: score > 0.05, top 200 per class, NMS 0.5, 200 per image, no wh clamp.
+    "ssd_resnet34": dict(score_threshold=0.05, iou_threshold=0.5, max_candidates_per_class=200,
+                         max_detections=200, wh_clip=None),
+    # torchvision ssd300_vgg16: score > 0.01, top 400 per class, NMS 0.45, 200 per image, dh/dw <= log(1000/16).
+    "ssd_vgg16": dict(score_threshold=0.01, iou_threshold=0.45, max_candidates_per_class=400,
+                      max_detections=200, wh_clip=box_coder.TORCHVISION_WH_CLIP),
+    # ssd.pytorch Detect: score > 0.01, top 200 per class, NMS 0.45; it has no working per-image cap, 200 is used.
+    "ssd_vgg16_voc": dict(score_threshold=0.01, iou_threshold=0.45, max_candidates_per_class=200,
+                          max_detections=200, wh_clip=None),
+}
+
+
+def ssd_postprocess(box_regression, class_logits, anchors, *, score_threshold, iou_threshold,
+                    max_candidates_per_class, max_detections, wh_clip=None, weights=box_coder.SSD_WEIGHTS):
+    """Detections from SSD outputs.
+
+    Args:
+      box_regression: [B, A, 4] codes (ty, tx, th, tw); class_logits: [B, A, C] (class 0 = background);
+      anchors: [A, 4] normalised yxyx.
+    Returns:
+      dict(boxes float32 [B, K, 4] normalised yxyx in [0, 1], scores float32 [B, K], classes int32 [B, K]
+      (1..C-1, 0 in padding), num_detections int32 [B]) with K = max_detections, sorted by score.
+    """
+    box_regression = tf.cast(box_regression, tf.float32)
+    class_logits = tf.cast(class_logits, tf.float32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    if box_regression.shape.rank != 3 or class_logits.shape.rank != 3:
+        raise ValueError(f"ssd_postprocess: box_regression [B,A,4] and class_logits [B,A,C] expected, got "
+                         f"{box_regression.shape} and {class_logits.shape}")
+    num_classes = class_logits.shape[-1]
+    num_anchors = class_logits.shape[1]
+    if num_classes is None or num_classes < 2:
+        raise ValueError(f"ssd_postprocess: class_logits needs a static class axis >= 2, got {class_logits.shape}")
+    if num_anchors is None:
+        raise ValueError(f"ssd_postprocess: class_logits needs a static anchor axis, got {class_logits.shape}")
+    for name, value in (("max_candidates_per_class", max_candidates_per_class), ("max_detections", max_detections)):
+        if int(value) < 1:
+            raise ValueError(f"ssd_postprocess: {name} must be >= 1, got {value}")
+    k = min(int(max_candidates_per_class), num_anchors)
+
+    boxes = clip_boxes(box_coder.decode(box_regression, anchors, weights, wh_clip))  # [B, A, 4]
+    scores = tf.nn.softmax(class_logits, axis=-1)[:, :, 1:]  # [B, A, C-1]
+    scores = tf.transpose(scores, [0, 2, 1])  # [B, C-1, A]
+    top_scores, top_idx = tf.math.top_k(scores, k=k, sorted=True)  # [B, C-1, k]
+    # Strict '>' as in the references; failing candidates get -1 so that NMS drops them whatever its own test is.
+    top_scores = tf.where(top_scores > score_threshold, top_scores, -1.0)
+    cand_boxes = tf.gather(boxes, top_idx, batch_dims=1)  # [B, C-1, k, 4]
+    nms = tf.image.combined_non_max_suppression(
+        boxes=tf.transpose(cand_boxes, [0, 2, 1, 3]),  # [B, k, C-1, 4]: one box per class
+        scores=tf.transpose(top_scores, [0, 2, 1]),  # [B, k, C-1]
+        max_output_size_per_class=k,
+        max_total_size=int(max_detections),
+        iou_threshold=float(iou_threshold),
+        score_threshold=0.0,
+        pad_per_class=False,
+        clip_boxes=True)
+    num = tf.cast(nms.valid_detections, tf.int32)  # [B]
+    valid = tf.range(int(max_detections))[None, :] < num[:, None]  # [B, K]
+    classes = tf.where(valid, tf.cast(nms.nmsed_classes, tf.int32) + 1, 0)
+    return {
+        "boxes": tf.where(valid[..., None], nms.nmsed_boxes, 0.0),
+        "scores": tf.where(valid, nms.nmsed_scores, 0.0),
+        "classes": classes,
+        "num_detections": num,
+    }
