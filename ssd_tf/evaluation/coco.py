@@ -231,13 +231,18 @@ def _iter_gt_records(files: Sequence[str]) -> Iterable[dict]:
     """Yield one dict of numpy values per record, via the package decoder (without decoding pixels)."""
     import tensorflow as tf
 
+    from ssd_tf.data import example as ex
     from ssd_tf.data.decoder import decode_example
 
     keys = ("height", "width", "source_id", "filename", "boxes", "classes", "is_crowd", "area")
+    text_spec = {ex.CLASS_TEXT: tf.io.VarLenFeature(tf.string)}
 
     def gt_only(serialized):
         decoded = decode_example(serialized)
-        return {k: decoded[k] for k in keys}  # the image is not an output, so its decode is pruned
+        out = {k: decoded[k] for k in keys}
+        # Class names are not part of the decoder's output; read them beside it (optional key).
+        out["texts"] = tf.sparse.to_dense(tf.io.parse_single_example(serialized, text_spec)[ex.CLASS_TEXT])
+        return out
 
     ds = tf.data.TFRecordDataset(list(files)).map(gt_only, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     yield from ds.as_numpy_iterator()
@@ -252,10 +257,11 @@ def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = N
 
     Image ids are the records' `source_id`s when every one is a non-negative integer, else 1..N in record order
     (sorted shard names). `gt["source_id_to_image_id"]` always holds the mapping {source_id: image id}, for
-    `export.detections_to_coco(image_id_map=...)`. Boxes become absolute xywh (rounded to 1e-4 px, below float32
+    `export.detections_to_coco(image_id_map=...)`; a record with an empty source_id is keyed by its filename. Boxes become absolute xywh (rounded to 1e-4 px, below float32
     noise); `area` is `image/object/area` when positive, else the box area. Categories come from `label_map`
     ({id: name}, [{"id", "name"}], or a sidecar path); by default from the converter's sidecar beside the shards,
-    else from the class ids found in the records (named by their id).
+    else from the class ids found in the records, named by their `image/object/class/text` (else by the id).
+    Ground truth of the whole split is read once; pixels are decoded by `decode_example` but not kept.
     """
     patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
     files = sorted({f for p in patterns for f in glob.glob(os.fspath(p))})
@@ -264,7 +270,8 @@ def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = N
     names = _label_map_dict(label_map if label_map is not None else _sidecar_for(files))
 
     records = list(_iter_gt_records(files))
-    source_ids = [_to_str(r["source_id"]) for r in records]
+    # Key of each image: its source_id, or its filename when the source_id is empty (e.g. CVAT exports).
+    source_ids = [_to_str(r["source_id"]) or _to_str(r["filename"]) for r in records]
     numeric = bool(source_ids) and all(s.isdigit() for s in source_ids)
     image_ids = [int(s) for s in source_ids] if numeric else list(range(1, len(records) + 1))
     mapping: dict[str, int] = {}
@@ -276,7 +283,7 @@ def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = N
         mapping[sid] = iid
         used.add(iid)
 
-    images, annotations, seen_classes = [], [], set()
+    images, annotations, seen_classes, texts = [], [], set(), {}
     for rec, image_id in zip(records, image_ids):
         h, w = float(rec["height"]), float(rec["width"])
         images.append({"id": image_id, "height": int(h), "width": int(w), "file_name": _to_str(rec["filename"])})
@@ -293,12 +300,14 @@ def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = N
         classes = np.asarray(rec["classes"]).reshape(-1).tolist()
         crowd = np.asarray(rec["is_crowd"]).reshape(-1).astype(bool).tolist()
         seen_classes.update(classes)
+        for cls, text in zip(classes, np.asarray(rec["texts"]).reshape(-1).tolist()):
+            texts.setdefault(int(cls), _to_str(text))
         for box, cls, a, c in zip(xywh.tolist(), classes, area.tolist(), crowd):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls),
                                 "bbox": box, "area": a, "iscrowd": int(c)})
 
     if names is None:
-        names = {int(c): str(int(c)) for c in sorted(seen_classes)}
+        names = {int(c): texts.get(int(c)) or str(int(c)) for c in sorted(seen_classes)}
     unknown = seen_classes - set(names)
     if unknown:
         raise ValueError(f"class ids {sorted(unknown)[:10]} in {file_pattern!r} are not in the label map "
