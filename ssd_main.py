@@ -228,11 +228,11 @@ def run(cfg) -> dict:
     steps = total_steps(cfg, global_batch)
     schedule = make_schedule(cfg, global_batch, steps)
     t = cfg.train
-    exclude = ["bias", "gamma", "beta", "l2norm"] if t.exclude_bn_bias_from_weight_decay else None
 
     def make_optimizer():
         return MomentumSGD(learning_rate=schedule, momentum=t.momentum, weight_decay=t.weight_decay,
-                           weight_decay_mode=t.weight_decay_mode, exclude_from_weight_decay=exclude)
+                           weight_decay_mode=t.weight_decay_mode,
+                           exclude_bn_and_bias=t.exclude_bn_bias_from_weight_decay)
 
     steps_per_epoch = max(1, cfg.data.num_train_images // global_batch) if cfg.data.num_train_images else 0
     eval_every = int(round(cfg.eval.eval_every_epochs * steps_per_epoch)) if FLAGS.mode == "train_and_eval" else 0

@@ -191,7 +191,7 @@ class Trainer:
                 if int(bad_step) >= 0 or not all(math.isfinite(v) for v in losses.values()):
                     parts = ", ".join(f"{k}={float(v):.6g}" for k, v in bad.items())
                     raise TrainingDiverged(
-                        f"loss is not finite at step {int(bad_step) + 1} ({parts}); training stopped. "
+                        f"loss is not finite at step {int(bad_step)} ({parts}); training stopped. "
                         f"The latest good checkpoint is {self.manager.latest_checkpoint or 'none (no checkpoint yet)'}; "
                         f"lower the learning rate or check the data, then rerun to resume from it.")
                 step += n
