@@ -125,9 +125,9 @@ def resolve_data(cfg) -> None:
             raise UsageError(f"--val_json_file={d.val_json_file} does not exist")
     sidecar = _sidecar_for(train_files or eval_files)
     if d.label_map:
-        from data_tools.label_map import load_label_map
+        from data_tools.label_map import read_label_map
 
-        label_map = load_label_map(d.label_map)  # {id: name} in order
+        label_map = read_label_map(d.label_map)  # {id: name} in order
         ids, names = list(label_map.keys()), list(label_map.values())
     elif d.class_ids:
         ids, names = list(d.class_ids), list(d.class_names)

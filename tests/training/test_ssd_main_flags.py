@@ -1,0 +1,80 @@
+"""Wrong flags fail in seconds, before TensorFlow is even imported, with a message saying what to change."""
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _main(*args, timeout=60):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(ROOT / "ssd_main.py"), *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT)
+    return r, time.perf_counter() - t0
+
+
+@pytest.fixture
+def records(tmp_path):
+    """Two empty shard files and the converter's sidecar with 3 classes."""
+    for i in range(2):
+        (tmp_path / f"train-{i:05d}-of-00002.tfrecord").write_bytes(b"")
+    meta = {"label_map": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 5, "name": "cross"}],
+            "num_images": 10}
+    (tmp_path / "train.meta.json").write_text(json.dumps(meta))
+    return tmp_path
+
+
+def _assert_fails(r, seconds, *phrases):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    for p in phrases:
+        assert p in r.stderr, r.stderr
+    assert seconds < 20
+
+
+def test_no_file_matches_the_pattern(tmp_path):
+    r, s = _main("--mode=train", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/nope-*.tfrecord",
+                 "--train_steps=1")
+    _assert_fails(r, s, "--training_file_pattern=", "matches no file")
+
+
+def test_class_count_disagreeing_with_label_map(records):
+    r, s = _main("--mode=train", f"--model_dir={records}/m", f"--training_file_pattern={records}/train-*",
+                 "--num_classes=81", "--train_steps=1")
+    _assert_fails(r, s, "--num_classes=81 disagrees with the label map", "3 classes + background = 4")
+
+
+def test_unknown_preset(records):
+    r, s = _main("--mode=train", "--model=ssd_mobilenet", f"--model_dir={records}/m",
+                 f"--training_file_pattern={records}/train-*", "--train_steps=1")
+    _assert_fails(r, s, "unknown preset 'ssd_mobilenet'", "ssd_resnet34")
+
+
+def test_checkpoint_from_another_model(records):
+    model_dir = records / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model": {"name": "ssd_vgg16", "num_classes": 4}}))
+    r, s = _main("--mode=train", "--model=ssd_resnet34", f"--model_dir={model_dir}",
+                 f"--training_file_pattern={records}/train-*", "--train_steps=1")
+    _assert_fails(r, s, "holds checkpoints of a ssd_vgg16 model", "--model=ssd_resnet34")
+
+
+def test_eval_with_nothing_to_evaluate(records):
+    r, s = _main("--mode=eval", f"--model_dir={records}/empty", f"--validation_file_pattern={records}/train-*")
+    _assert_fails(r, s, "has no config.json", "train first")
+
+
+def test_train_and_eval_without_validation_data(records):
+    r, s = _main("--mode=train_and_eval", f"--model_dir={records}/m", f"--training_file_pattern={records}/train-*",
+                 "--train_steps=1")
+    _assert_fails(r, s, "needs --validation_file_pattern")
+
+
+def test_missing_label_map_file(records):
+    r, s = _main("--mode=train", f"--model_dir={records}/m", f"--training_file_pattern={records}/train-*",
+                 f"--label_map={records}/labels.txt", "--train_steps=1")
+    _assert_fails(r, s, "labels.txt")
