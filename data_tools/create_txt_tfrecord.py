@@ -34,7 +34,7 @@ import sys
 if __package__ in (None, ""):  # `python data_tools/create_txt_tfrecord.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from data_tools import label_map as label_map_lib
 from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
@@ -187,39 +187,59 @@ def build_records(anno_path: str, image_dir: str, label_map_path: str, *, skips:
     return parse(anno_path, image_dir, label_map, skips), label_map
 
 
+def convert_txt(*, anno_path: str, image_dir: str, label_map: str, output_file_prefix: str, fmt: str = "lines",
+                strict: bool = False, num_shards: int = 8, num_processes: int = 0, verify_images: str = "header",
+                progress: bool = True) -> dict:
+    """Parse + write; returns the sidecar dict."""
+    from data_tools import writer
+
+    skips = SkipReport(strict=strict)
+    records, resolved = build_records(anno_path, image_dir, label_map, skips=skips, fmt=fmt)
+    source = {"format": f"txt_{fmt}", "anno_path": os.path.abspath(anno_path), "image_dir": os.path.abspath(image_dir),
+              "label_map": os.path.abspath(label_map)}
+    return writer.convert(records, output_prefix=output_file_prefix, num_shards=num_shards,
+                          num_processes=num_processes, label_map=resolved, skips=skips, source=source,
+                          verify_images=verify_images, progress=progress)
+
+
 def define_flags():
-    flags.DEFINE_string("anno_path", None, "Annotation file (text lines, or keras-retinanet CSV with --format=csv).")
-    flags.DEFINE_string("image_dir", None, "Folder the image paths of the annotation file are relative to.")
-    flags.DEFINE_string("label_map", None, "Class names, one per line (class index k = line k, from 0); "
-                        ".json / .pbtxt label maps and, with --format=csv, keras-retinanet class CSV accepted.")
-    flags.DEFINE_enum("format", "lines", list(FORMATS), "lines: 'path x1,y1,x2,y2,class ...'; csv: keras-retinanet.")
+    """The converter's flags plus the writer's output flags (idempotent; shared names defined once)."""
+    from data_tools import writer
+
+    def define(kind, name, *args, **kwargs):
+        if name not in flags.FLAGS:
+            getattr(flags, kind)(name, *args, **kwargs)
+
+    define("DEFINE_string", "anno_path", None, "Annotation file (text lines, or keras-retinanet CSV with --format=csv).")
+    define("DEFINE_string", "image_dir", None, "Folder the image paths of the annotation file are relative to.")
+    define("DEFINE_string", "label_map", None, "Class names, one per line (class index k = line k, from 0); "
+           ".json / .pbtxt label maps and, with --format=csv, a keras-retinanet class CSV are accepted.")
+    define("DEFINE_enum", "format", "lines", list(FORMATS), "lines: 'path x1,y1,x2,y2,class ...'; csv: keras-retinanet.")
+    writer.add_output_flags()
 
 
 def main(argv):
-    del argv
-    from data_tools import writer  # imports TensorFlow
-
-    FLAGS = flags.FLAGS
-    for name in ("anno_path", "image_dir", "label_map", "output_file_prefix"):
-        if not getattr(FLAGS, name):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    for name in ("anno_path", "image_dir", "label_map"):
+        if not getattr(f, name):
             raise app.UsageError(f"--{name} is required")
-    skips = SkipReport(strict=FLAGS.strict)
-    records, label_map = build_records(FLAGS.anno_path, FLAGS.image_dir, FLAGS.label_map, skips=skips,
-                                       fmt=FLAGS.format)
-    logging.info("%d images parsed, %d skips so far", len(records), len(skips.entries))
-    source = {"format": f"txt_{FLAGS.format}", "anno_path": FLAGS.anno_path, "image_dir": FLAGS.image_dir,
-              "label_map": FLAGS.label_map}
-    meta = writer.convert(records, output_prefix=FLAGS.output_file_prefix, num_shards=FLAGS.num_shards,
-                          num_processes=FLAGS.num_processes, label_map=label_map, skips=skips, source=source)
-    print(f"wrote {meta.get('num_images')} images, {meta.get('num_objects')} objects, "
-          f"{len(meta.get('skipped', []))} skipped -> {FLAGS.output_file_prefix}-*")
+    try:
+        meta = convert_txt(anno_path=f.anno_path, image_dir=f.image_dir, label_map=f.label_map,
+                           output_file_prefix=f.output_file_prefix, fmt=f.format, strict=f.strict,
+                           num_shards=f.num_shards, num_processes=f.num_processes, verify_images=f.verify_images)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {meta['num_images']} images, {meta['num_objects']} objects in {len(meta['shards'])} shards; "
+          f"skipped {meta['skipped_counts'] or 'nothing'}; see {f.output_file_prefix}.meta.json", file=sys.stderr)
+    return 0
 
 
 def run():
-    from data_tools import writer
-
+    """Console-script entry point."""
     define_flags()
-    writer.add_output_flags()
     app.run(main)
 
 

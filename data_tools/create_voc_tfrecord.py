@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # `python data_tools/create_voc_tfrecord.py`: mak
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
-from absl import app, flags, logging
+from absl import app, flags
 
 from data_tools import label_map as label_map_lib
 from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
@@ -62,21 +62,30 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def devkit_entries(data_dir: str, years, set_name: str) -> list:
-    """[(xml_path, image_dir, id)] for the ids of `<year>/ImageSets/Main/<set_name>.txt`, years merged."""
-    if isinstance(years, str):
-        years = [y for y in years.split(",") if y]
+    """[(xml_path, image_dir, id)] for the ids of `<year>/ImageSets/Main/<set>.txt`, years merged.
+
+    years and set_name may be lists or comma-separated ("VOC2007,VOC2012", "trainval,test"); an id
+    listed by several sets of the same year is taken once.
+    """
+    years = [y for y in years.split(",") if y] if isinstance(years, str) else list(years)
+    sets = [s for s in set_name.split(",") if s] if isinstance(set_name, str) else list(set_name)
     if not years:
         raise ConversionError("no --year given (e.g. VOC2007 or VOC2007,VOC2012 or BCCD)")
+    if not sets:
+        raise ConversionError("no --set given (train, val, trainval or test)")
     entries = []
     for year in years:
         root = os.path.join(data_dir, year)
         if not os.path.isdir(root):
             raise ConversionError(f"{root}: year folder not found (--data_dir={data_dir} --year={year})")
-        set_file = os.path.join(root, "ImageSets", "Main", f"{set_name}.txt")
-        ids = read_set_file(set_file)
-        for image_id in ids:
-            entries.append((os.path.join(root, "Annotations", image_id + ".xml"),
-                            os.path.join(root, "JPEGImages"), image_id))
+        taken = set()
+        for name in sets:
+            for image_id in read_set_file(os.path.join(root, "ImageSets", "Main", f"{name}.txt")):
+                if image_id in taken:
+                    continue
+                taken.add(image_id)
+                entries.append((os.path.join(root, "Annotations", image_id + ".xml"),
+                                os.path.join(root, "JPEGImages"), image_id))
     return entries
 
 
@@ -288,56 +297,81 @@ def build_records(entries, label_map="voc", *, skips: SkipReport, pixel_conventi
 # CLI
 
 
+def convert_voc(*, output_file_prefix: str, data_dir: str | None = None, years=("VOC2007",),
+                set_name: str = "train", annotations_dir: str | None = None, images_dir: str | None = None,
+                set_file: str | None = None, label_map="voc", pixel_convention: str = "voc", strict: bool = False,
+                num_shards: int = 8, num_processes: int = 0, verify_images: str = "header",
+                progress: bool = True) -> dict:
+    """Parse (VOCdevkit layout when data_dir is given, else the loose layout) + write; returns the sidecar."""
+    from data_tools import writer
+
+    skips = SkipReport(strict=strict)
+    if annotations_dir or images_dir:
+        if not (annotations_dir and images_dir):
+            raise ConversionError("the loose layout needs both --annotations_dir and --images_dir")
+        if data_dir:
+            raise ConversionError("give either --data_dir (VOCdevkit layout) or --annotations_dir/--images_dir")
+        entries = loose_entries(annotations_dir, images_dir, set_file)
+        source = {"format": "voc", "layout": "loose", "annotations_dir": os.path.abspath(annotations_dir),
+                  "images_dir": os.path.abspath(images_dir), "set_file": set_file}
+    elif data_dir:
+        years = [y for y in years.split(",") if y] if isinstance(years, str) else list(years)
+        entries = devkit_entries(data_dir, years, set_name)
+        source = {"format": "voc", "layout": "devkit", "data_dir": os.path.abspath(data_dir), "years": years,
+                  "set": set_name}
+    else:
+        raise ConversionError("give --data_dir (VOCdevkit layout) or --annotations_dir and --images_dir")
+    records, resolved = build_records(entries, label_map, skips=skips, pixel_convention=pixel_convention)
+    source.update(pixel_convention=pixel_convention,
+                  label_map=label_map if isinstance(label_map, str) else "dict")
+    return writer.convert(records, output_prefix=output_file_prefix, num_shards=num_shards,
+                          num_processes=num_processes, label_map=resolved, skips=skips, source=source,
+                          verify_images=verify_images, progress=progress)
+
+
 def define_flags():
-    flags.DEFINE_string("data_dir", None, "VOCdevkit root (the folder holding VOC2007/, VOC2012/, BCCD/, ...).")
-    flags.DEFINE_list("year", ["VOC2007"], "Year folder(s) under --data_dir, merged: VOC2007,VOC2012 or BCCD.")
-    flags.DEFINE_string("set", "train", "Image set: ImageSets/Main/<set>.txt (train, val, trainval, test).")
-    flags.DEFINE_string("annotations_dir", None, "Loose layout: folder of XML files (instead of --data_dir).")
-    flags.DEFINE_string("images_dir", None, "Loose layout: folder of the images.")
-    flags.DEFINE_string("set_file", None, "Loose layout: optional list of ids (one per line) to convert.")
-    flags.DEFINE_string("label_map", "voc", "'voc' (20 classes), 'discover' (names found in the XML, sorted) "
-                        "or a label map file (.txt one name per line, .json, .pbtxt).")
-    flags.DEFINE_enum("pixel_convention", "voc", list(PIXEL_CONVENTIONS),
-                      "voc: 1-based inclusive pixel indices (xmin-1, ymin-1, xmax, ymax); continuous: as is.")
+    """The converter's flags plus the writer's output flags (idempotent; shared names defined once)."""
+    from data_tools import writer
+
+    def define(kind, name, *args, **kwargs):
+        if name not in flags.FLAGS:
+            getattr(flags, kind)(name, *args, **kwargs)
+
+    define("DEFINE_string", "data_dir", None, "VOCdevkit root (the folder holding VOC2007/, VOC2012/, BCCD/, ...).")
+    define("DEFINE_list", "year", ["VOC2007"], "Year folder(s) under --data_dir, merged: VOC2007,VOC2012 or BCCD.")
+    define("DEFINE_string", "set", "train", "Image set(s): ImageSets/Main/<set>.txt (train, val, trainval, test; "
+           "several comma-separated are merged).")
+    define("DEFINE_string", "annotations_dir", None, "Loose layout: folder of XML files (instead of --data_dir).")
+    define("DEFINE_string", "images_dir", None, "Loose layout: folder of the images.")
+    define("DEFINE_string", "set_file", None, "Loose layout: optional list of ids (one per line) to convert.")
+    define("DEFINE_string", "label_map", "voc", "'voc' (20 classes), 'discover' (names found in the XML, "
+           "sorted) or a label map file (.txt one name per line, .json, .pbtxt).")
+    define("DEFINE_enum", "pixel_convention", "voc", list(PIXEL_CONVENTIONS),
+           "voc: 1-based inclusive pixel indices -> (xmin-1, ymin-1, xmax, ymax); continuous: as they are.")
+    writer.add_output_flags()
 
 
 def main(argv):
-    del argv
-    from data_tools import writer  # imports TensorFlow; kept out of module import for the parser tests
-
-    FLAGS = flags.FLAGS
-    skips = SkipReport(strict=FLAGS.strict)
-    if FLAGS.annotations_dir or FLAGS.images_dir:
-        if not (FLAGS.annotations_dir and FLAGS.images_dir):
-            raise app.UsageError("the loose layout needs both --annotations_dir and --images_dir")
-        if FLAGS.data_dir:
-            raise app.UsageError("give either --data_dir (VOCdevkit layout) or --annotations_dir/--images_dir")
-        entries = loose_entries(FLAGS.annotations_dir, FLAGS.images_dir, FLAGS.set_file)
-        source = {"format": "voc", "layout": "loose", "annotations_dir": FLAGS.annotations_dir,
-                  "images_dir": FLAGS.images_dir, "set_file": FLAGS.set_file}
-    elif FLAGS.data_dir:
-        entries = devkit_entries(FLAGS.data_dir, FLAGS.year, FLAGS.set)
-        source = {"format": "voc", "layout": "devkit", "data_dir": FLAGS.data_dir, "years": list(FLAGS.year),
-                  "set": FLAGS.set}
-    else:
-        raise app.UsageError("give --data_dir (VOCdevkit layout) or --annotations_dir and --images_dir")
-    if not FLAGS.output_file_prefix:
-        raise app.UsageError("--output_file_prefix is required")
-    source["pixel_convention"] = FLAGS.pixel_convention
-    source["label_map"] = FLAGS.label_map
-    records, label_map = build_records(entries, FLAGS.label_map, skips=skips, pixel_convention=FLAGS.pixel_convention)
-    logging.info("%d images parsed, %d skips so far", len(records), len(skips.entries))
-    meta = writer.convert(records, output_prefix=FLAGS.output_file_prefix, num_shards=FLAGS.num_shards,
-                          num_processes=FLAGS.num_processes, label_map=label_map, skips=skips, source=source)
-    print(f"wrote {meta.get('num_images')} images, {meta.get('num_objects')} objects, "
-          f"{len(meta.get('skipped', []))} skipped -> {FLAGS.output_file_prefix}-*")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        meta = convert_voc(output_file_prefix=f.output_file_prefix, data_dir=f.data_dir, years=f.year,
+                           set_name=f.set, annotations_dir=f.annotations_dir, images_dir=f.images_dir,
+                           set_file=f.set_file, label_map=f.label_map, pixel_convention=f.pixel_convention,
+                           strict=f.strict, num_shards=f.num_shards, num_processes=f.num_processes,
+                           verify_images=f.verify_images)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {meta['num_images']} images, {meta['num_objects']} objects in {len(meta['shards'])} shards; "
+          f"skipped {meta['skipped_counts'] or 'nothing'}; see {f.output_file_prefix}.meta.json", file=sys.stderr)
+    return 0
 
 
 def run():
-    from data_tools import writer
-
+    """Console-script entry point."""
     define_flags()
-    writer.add_output_flags()
     app.run(main)
 
 
