@@ -42,7 +42,7 @@ class SSDTask:
                                  is_training=True, class_ids=list(d.class_ids), max_boxes=d.max_boxes,
                                  input_context=input_context, shuffle_buffer=d.shuffle_buffer,
                                  seed=self.cfg.train.seed, augmentation=d.augmentation,
-                                 **_skip_kwargs(start_step, batch))
+                                 skip_examples=start_step * batch * _replicas_per_pipeline(input_context))
 
     def build_eval_dataset(self):
         from ssd_tf.data.pipeline import build_ssd_dataset
@@ -124,7 +124,7 @@ class SSDTask:
         else:
             gt = coco.coco_gt_from_tfrecords(d.validation_file_pattern,
                                              label_map=dict(zip(d.class_ids, d.class_names)) or None)
-        image_id_map = _image_id_map(gt)
+        image_id_map = gt.get("source_id_to_image_id")  # records' source ids -> COCO image ids
         acc = export.CocoDetectionAccumulator(class_ids=list(d.class_ids), image_id_map=image_id_map)
         for dets, labels in self._batches(dataset, predict):
             acc.add_batch(boxes=dets["boxes"], scores=dets["scores"], classes=dets["classes"],
@@ -152,20 +152,8 @@ class SSDTask:
         return metrics
 
 
-def _skip_kwargs(start_step: int, batch: int) -> dict:
-    """Resume position: the pipeline skips the examples of the steps already trained, if it can."""
-    import inspect
-
-    from ssd_tf.data.pipeline import build_ssd_dataset
-
-    if start_step and "skip_examples" in inspect.signature(build_ssd_dataset).parameters:
-        return {"skip_examples": start_step * batch}
-    return {}
-
-
-def _image_id_map(gt: dict):
-    """source_id (as the records carry it) -> COCO image id, when they differ (e.g. VOC file stems)."""
-    images = gt.get("images", [])
-    if all(str(im.get("id")) == str(im.get("source_id", im.get("id"))) for im in images):
-        return None
-    return {str(im["source_id"]): im["id"] for im in images if "source_id" in im}
+def _replicas_per_pipeline(input_context) -> int:
+    """Batches one input pipeline feeds per step (resume skips start_step * batch * this examples)."""
+    if input_context is None:
+        return 1
+    return max(1, input_context.num_replicas_in_sync // max(1, input_context.num_input_pipelines))
