@@ -1,0 +1,204 @@
+"""SSD throughput on this machine: train step, inference (with post-processing), input pipeline, and the
+full runtime step (pipeline + step + logging) against the bare step. Prints one JSON object.
+
+    python bench/ssd_throughput.py [--presets ssd_resnet34,ssd_vgg16] [--batch 8] [--steps 4] [--xla]
+
+Achieved GFLOP/s counts 2 FLOPs per multiply-accumulate of every Conv2D/Dense layer; a training step is
+counted as 3x the forward pass (forward + two backward products).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ssd_tf.models.factory import build_model  # noqa: E402
+from ssd_tf.models.ssd_loss import ssd_loss  # noqa: E402
+from ssd_tf.ops.anchors import ssd_default_boxes  # noqa: E402
+from ssd_tf.ops.postprocess import POSTPROCESS_DEFAULTS, ssd_postprocess  # noqa: E402
+from ssd_tf.ops.targets import ssd_targets_batched  # noqa: E402
+from ssd_tf.training.optimizer import MomentumSGD  # noqa: E402
+
+NUM_CLASSES = {"ssd_resnet34": 81, "ssd_vgg16": 91, "ssd_vgg16_voc": 21}
+
+
+def forward_flops(model) -> float:
+    """2 x MACs of every Conv2D and Dense layer for one image."""
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Conv2D):
+            out = layer.output.shape  # [B, H, W, C]
+            kh, kw = layer.kernel_size
+            cin = layer.input.shape[-1]
+            total += 2 * out[1] * out[2] * out[3] * kh * kw * cin // layer.groups
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return float(total)
+
+
+def _timeit(fn, steps, warmup):
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def synthetic_batch(preset, batch, num_classes, anchors, seed=0):
+    rng = np.random.default_rng(seed)
+    images = tf.constant(rng.normal(size=(batch, 300, 300, 3)).astype(np.float32))
+    m = 5
+    yx = rng.uniform(0.0, 0.6, size=(batch, m, 2))
+    hw = rng.uniform(0.1, 0.4, size=(batch, m, 2))
+    boxes = tf.constant(np.concatenate([yx, yx + hw], -1).astype(np.float32))
+    classes = tf.constant(rng.integers(1, num_classes, size=(batch, m)).astype(np.int32))
+    box_t, cls_t, _ = ssd_targets_batched(boxes, classes, tf.fill([batch], m), anchors)
+    return images, box_t, cls_t
+
+
+def bench_step(preset, batch, steps, warmup, xla):
+    anchors = tf.constant(ssd_default_boxes(preset), tf.float32)
+    nc = NUM_CLASSES[preset]
+    model = build_model(preset, num_classes=nc)
+    opt = MomentumSGD(1e-4, momentum=0.9, weight_decay=5e-4)
+    opt.build(model.trainable_variables)
+    images, box_t, cls_t = synthetic_batch(preset, batch, nc, anchors)
+    norm = "per_image" if preset == "ssd_resnet34" else "per_batch"
+
+    def grads(images, box_t, cls_t):
+        with tf.GradientTape() as tape:
+            reg, logits = model(images, training=True)
+            loss = ssd_loss(reg, logits, box_t, cls_t, normalization=norm)["total_loss"]
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    grads_fn = tf.function(grads, jit_compile=xla)
+
+    @tf.function
+    def train_step(images, box_t, cls_t):
+        loss, g = grads_fn(images, box_t, cls_t)
+        opt.apply_gradients(zip(g, model.trainable_variables))
+        return loss
+
+    step_time = _timeit(lambda: train_step(images, box_t, cls_t).numpy(), steps, warmup)
+    pp = dict(POSTPROCESS_DEFAULTS[preset])
+
+    @tf.function(jit_compile=False)
+    def infer(images):
+        if xla:
+            reg, logits = tf.function(lambda x: model(x, training=False), jit_compile=True)(images)
+        else:
+            reg, logits = model(images, training=False)
+        return ssd_postprocess(reg, logits, anchors, **pp)
+
+    infer_time = _timeit(lambda: infer(images)["num_detections"].numpy(), steps, warmup)
+
+    @tf.function
+    def forward_only(images):
+        return model(images, training=False)
+
+    fwd_time = _timeit(lambda: forward_only(images)[0].numpy(), steps, warmup)
+    flops = forward_flops(model)
+    return {
+        "params": model.count_params(),
+        "forward_gflops_per_image": flops / 1e9,
+        "train_step_s": step_time,
+        "train_images_per_s": batch / step_time,
+        "train_gflops_per_s": 3 * flops * batch / step_time / 1e9,
+        "inference_images_per_s": batch / infer_time,
+        "inference_postprocess_s_per_batch": max(infer_time - fwd_time, 0.0),
+        "inference_gflops_per_s": flops * batch / fwd_time / 1e9,
+    }, model
+
+
+def make_records(work):
+    from data_tools.make_shapes_dataset import make_shapes_dataset
+
+    paths = make_shapes_dataset(os.path.join(work, "shapes"), num_train=256, num_val=8, image_size=300, seed=0)
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "data_tools.create_coco_tfrecord", f"--image_dir={paths['train_images']}",
+                    f"--object_annotations_file={paths['train_json']}", f"--output_file_prefix={work}/tf/train",
+                    "--num_shards=4", "--num_processes=2"], check=True, capture_output=True,
+                   cwd=os.path.join(os.path.dirname(__file__), ".."))
+    with open(f"{work}/tf/train.meta.json") as f:
+        meta = json.load(f)
+    return f"{work}/tf/train-*.tfrecord", [e["id"] for e in meta["label_map"]], [e["name"] for e in meta["label_map"]]
+
+
+def bench_pipeline(preset, pattern, class_ids, batch, batches=40):
+    from ssd_tf.data.pipeline import build_ssd_dataset
+
+    ds = build_ssd_dataset(pattern, preset=preset, batch_size=batch, is_training=True, class_ids=class_ids, seed=0,
+                           shuffle_buffer=64)
+    it = iter(ds)
+    for _ in range(3):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t0)
+
+
+def bench_runtime(preset, pattern, class_ids, names, batch, steps, work, bare_step_s):
+    """The runtime's full step: Trainer + SSDTask (pipeline, step, loss logging every step)."""
+    from ssd_tf import config as config_lib
+    from ssd_tf.tasks.ssd import SSDTask
+    from ssd_tf.training import loop
+
+    cfg = config_lib.preset(preset)
+    cfg.data.training_file_pattern = pattern
+    cfg.data.class_ids, cfg.data.class_names = class_ids, names
+    cfg.model.num_classes = NUM_CLASSES[preset]
+    cfg.data.class_ids = class_ids
+    cfg.train.train_batch_size = batch
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    task = SSDTask(cfg, global_batch_size=batch, log_fn=lambda *a: None)
+    lines = []
+    opts = loop.LoopOptions(total_steps=steps + 2, steps_per_loop=1, log_every_steps=1, checkpoint_every_steps=0)
+    trainer = loop.Trainer(task, strategy, os.path.join(work, f"rt_{preset}"),
+                           lambda: MomentumSGD(1e-4, momentum=0.9, weight_decay=5e-4), opts, log_fn=lines.append)
+    trainer.train()
+    with open(os.path.join(work, f"rt_{preset}", "summaries", "train_log.jsonl")) as f:
+        records = [json.loads(l) for l in f]
+    step_times = [r["step_time"] for r in records[2:]]  # the first two include tracing
+    full = float(np.mean(step_times))
+    return {"runtime_step_s": full, "runtime_images_per_s": batch / full,
+            "runtime_overhead_vs_bare_step": full / bare_step_s - 1.0,
+            "runtime_data_wait_s": float(np.mean([r["data_wait"] for r in records[2:]]))}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="ssd_resnet34,ssd_vgg16")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--xla", action="store_true")
+    p.add_argument("--skip_runtime", action="store_true")
+    a = p.parse_args()
+    out = {"batch": a.batch, "xla": a.xla, "threads": os.cpu_count(),
+           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"), "presets": {}}
+    with tempfile.TemporaryDirectory() as work:
+        pattern, class_ids, names = make_records(work)
+        for preset in a.presets.split(","):
+            r, _ = bench_step(preset, a.batch, a.steps, a.warmup, a.xla)
+            r["pipeline_images_per_s"] = bench_pipeline(preset, pattern, class_ids, a.batch)
+            r["pipeline_vs_train_consumption"] = r["pipeline_images_per_s"] / r["train_images_per_s"]
+            if not a.skip_runtime:
+                r.update(bench_runtime(preset, pattern, class_ids, names, a.batch, a.steps, work, r["train_step_s"]))
+            out["presets"][preset] = r
+            print(json.dumps({preset: r}), file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
