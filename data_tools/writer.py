@@ -10,8 +10,9 @@ How a conversion runs
   and encoded by `ssd_tf.data.example`.
 - A shard is written as `.{name}.convert/NNNNN-of-MMMMM.tfrecord.incomplete` and renamed to
   `{prefix}-NNNNN-of-MMMMM.tfrecord` only when complete, after a small done-marker (record count,
-  size, sha256 and a fingerprint of the shard's inputs and options) is written beside the temporary file.
-  A rerun reuses a finished shard whose fingerprint, size and sha256 match its marker and rewrites
+  size, a CRC-32C over the record framing and a fingerprint of the shard's inputs and options) is written beside the temporary file.
+  A rerun reuses a finished shard whose fingerprint, size, record count and framing CRC match (every record's
+  data CRC is re-checked) its marker and rewrites
   the others, so the final files equal those of an uninterrupted run byte for byte. Final-named files
   of shards that are not reused are deleted before work starts; the sidecar `{prefix}.meta.json` is
   written last (its presence means the job finished) and the work directory is then removed.
@@ -20,10 +21,12 @@ Images
 - JPEG (and MPO) and PNG bytes are stored as they are; the decoder turns grayscale, CMYK, palette,
   alpha and 16-bit images into RGB (tf.io.decode_image does: checked in tests). Any other format PIL
   reads (BMP, GIF first frame, TIFF, WebP, ...) is decoded and re-encoded losslessly as RGB PNG.
-- --verify_images=header (default): PIL parses the header (size, mode); a JPEG must end with its EOI
-  marker (FF D9) and a PNG with its IEND chunk, else the image is fully decoded and skipped if that
-  fails (so a truncated file is caught, while data appended after a valid image is accepted).
-  --verify_images=full fully decodes every image with PIL (about 3-5 ms per VGA JPEG).
+- --verify_images=header (default): the JPEG marker segments up to the frame header (or the PNG
+  signature + IHDR) must parse, giving the size; a JPEG must end with its EOI marker (FF D9) and a PNG
+  with its IEND chunk, else the image is fully decoded and skipped if that fails (so a truncated file
+  is caught, while data appended after a valid image is accepted). This costs ~10 us per image;
+  corruption inside the entropy-coded data of a complete-looking file is only caught by
+  --verify_images=full, which fully decodes every image with PIL (about 3-5 ms per VGA JPEG).
 - The size found in the file must equal the annotation's (when it states one), else the image is skipped.
 
 Boxes (absolute continuous pixels, x first, as in `data_tools.records`)
@@ -35,12 +38,14 @@ Every skip is listed in the sidecar with its reason; --strict turns any skip int
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
+import pickle
 import shutil
 import struct
 import sys
@@ -56,8 +61,8 @@ DELAY_ENV = "SSD_TF_WRITER_TEST_DELAY"  # test hook: seconds to sleep per image 
 try:
     import google_crc32c as _crc32c
 
-    def crc32c(data: bytes) -> int:
-        return _crc32c.value(data)
+    def crc32c_extend(crc: int, data: bytes) -> int:
+        return _crc32c.extend(crc, data)
 except ImportError:  # pragma: no cover - only without the pinned dependency (about 100x slower)
     _TABLE = []
     for _i in range(256):
@@ -66,22 +71,38 @@ except ImportError:  # pragma: no cover - only without the pinned dependency (ab
             _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
         _TABLE.append(_c)
 
-    def crc32c(data: bytes) -> int:
-        crc = 0xFFFFFFFF
+    def crc32c_extend(crc: int, data: bytes) -> int:
+        crc ^= 0xFFFFFFFF
         for b in data:
             crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
         return crc ^ 0xFFFFFFFF
 
 
-def masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
+def crc32c(data: bytes) -> int:
+    return crc32c_extend(0, data)
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def masked_crc(data: bytes) -> int:
+    return _mask(crc32c(data))
+
+
+def frame_parts(parts: list) -> list:
+    """TFRecord framing of a record given as byte chunks: uint64 length, masked crc32c(length), data,
+    masked crc32c(data). Returns the chunks to write (nothing is copied)."""
+    crc, length = 0, 0
+    for p in parts:
+        crc = crc32c_extend(crc, p)
+        length += len(p)
+    header = struct.pack("<Q", length)
+    return [header, struct.pack("<I", masked_crc(header)), *parts, struct.pack("<I", _mask(crc))]
+
+
 def frame_record(data: bytes) -> bytes:
-    """TFRecord framing: uint64 length, masked crc32c(length), data, masked crc32c(data)."""
-    header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
+    return b"".join(frame_parts([data]))
 
 
 def read_records(path: str):
@@ -123,10 +144,70 @@ class _ImageProblem(Exception):
     """An image that cannot be used; the message is the skip reason."""
 
 
-def _read_image(path: str, verify: str):
-    """-> (bytes to store, format "jpeg"|"png", width, height, reencoded). Raises _ImageProblem."""
-    from PIL import Image  # imported here: PIL's plugins load lazily anyway
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
 
+
+def jpeg_size(data: bytes):
+    """(width, height) from a JPEG's SOF segment, walking the marker segments; None if malformed."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if length < 2:
+            return None
+        if marker in _SOF:
+            if pos + 9 > n:
+                return None
+            height = (data[pos + 5] << 8) | data[pos + 6]
+            width = (data[pos + 7] << 8) | data[pos + 8]
+            return (width, height) if width and height else None
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def png_size(data: bytes):
+    """(width, height) from a PNG's IHDR chunk; None if malformed."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return (width, height) if width and height else None
+
+
+def _pil_open(data: bytes):
+    from PIL import Image  # PIL only for formats other than JPEG/PNG, and for full verification
+
+    return Image.open(io.BytesIO(data))
+
+
+def _full_decode(data: bytes, fmt: str, why: str) -> None:
+    try:
+        with _pil_open(data) as im:
+            im.load()
+    except Exception as e:  # PIL raises many types for bad data
+        raise _ImageProblem(f"corrupt or truncated {fmt} image ({why}: {type(e).__name__}: {e})") from e
+
+
+def _read_image(path: str, verify: str):
+    """-> (bytes to store, format "jpeg"|"png", width, height, reencoded). Raises _ImageProblem.
+
+    header mode: the JPEG/PNG header must parse (marker segments up to the frame header / IHDR) and
+    the file must end with the JPEG EOI marker / PNG IEND chunk; a file that does not is fully
+    decoded (data appended after a complete image is accepted, a truncated image is not).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -134,56 +215,64 @@ def _read_image(path: str, verify: str):
         raise _ImageProblem(f"cannot read image file: {e.strerror or e}") from e
     if not data:
         raise _ImageProblem("empty image file")
-    try:
-        img = Image.open(io.BytesIO(data))
-        fmt, (width, height) = img.format, img.size
-    except Exception as e:  # PIL raises many types for bad headers
-        raise _ImageProblem(f"not a readable image ({type(e).__name__}: {e})") from e
-
-    def full_decode(why: str):
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-        except Exception as e:
-            raise _ImageProblem(f"corrupt or truncated {fmt} image ({why}; decode failed: {e})") from e
-
-    if fmt in ("JPEG", "MPO"):
-        if verify == "full" or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-            full_decode("no end-of-image marker" if verify != "full" else "full verification")
-        return data, "jpeg", width, height, False
-    if fmt == "PNG":
-        if verify == "full" or not data.endswith(b"IEND\xaeB`\x82"):
-            full_decode("no IEND chunk" if verify != "full" else "full verification")
-        return data, "png", width, height, False
-    try:  # anything else: decode (first frame) and store as lossless RGB PNG
+    size = jpeg_size(data)
+    if size is not None:
+        if verify == "full":
+            _full_decode(data, "JPEG", "full verification")
+        elif not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            _full_decode(data, "JPEG", "no end-of-image marker")
+        return data, "jpeg", size[0], size[1], False
+    size = png_size(data)
+    if size is not None:
+        if verify == "full":
+            _full_decode(data, "PNG", "full verification")
+        elif not data.endswith(_PNG_END):
+            _full_decode(data, "PNG", "no IEND chunk")
+        return data, "png", size[0], size[1], False
+    try:  # anything else PIL reads: decode (first frame) and store as lossless RGB PNG
+        img = _pil_open(data)
+        if img.format in ("JPEG", "MPO", "PNG"):  # headers our parser did not follow: keep the bytes
+            _full_decode(data, img.format, "unusual header")
+            return data, "png" if img.format == "PNG" else "jpeg", img.size[0], img.size[1], False
         img.seek(0)
         img.load()
         rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")
         out = io.BytesIO()
         rgb.save(out, "PNG")
+    except _ImageProblem:
+        raise
     except Exception as e:
-        raise _ImageProblem(f"corrupt or unsupported {fmt} image ({type(e).__name__}: {e})") from e
-    return out.getvalue(), "png", width, height, True
+        kind = "JPEG" if data[:2] == b"\xff\xd8" else "PNG" if data[:8] == _PNG_SIGNATURE else "image"
+        raise _ImageProblem(f"corrupt or unsupported {kind} file ({type(e).__name__}: {e})") from e
+    return out.getvalue(), "png", img.size[0], img.size[1], True
 
 
 # ------------------------------------------------------------------------------------------------ boxes
 
+def _desc(xmin, ymin, xmax, ymax) -> str:
+    return f"[xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}]"
+
+
 def check_box(obj, width: int, height: int):
-    """-> (xmin, ymin, xmax, ymax clipped to the image, clipped: bool) or (None, reason)."""
-    coords = (obj.xmin, obj.ymin, obj.xmax, obj.ymax)
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in coords):
-        return None, f"non-finite or non-numeric box coordinates {coords}"
-    xmin, ymin, xmax, ymax = (float(v) for v in coords)
+    """-> ((xmin, ymin, xmax, ymax) clipped to the image, clipped: bool) or (None, skip reason)."""
+    try:
+        xmin, ymin, xmax, ymax = float(obj.xmin), float(obj.ymin), float(obj.xmax), float(obj.ymax)
+    except (TypeError, ValueError):
+        return None, f"non-numeric box coordinates {(obj.xmin, obj.ymin, obj.xmax, obj.ymax)}"
+    if not (math.isfinite(xmin) and math.isfinite(ymin) and math.isfinite(xmax) and math.isfinite(ymax)):
+        return None, f"non-finite box coordinates {_desc(xmin, ymin, xmax, ymax)}"
     if xmax < xmin or ymax < ymin:
-        return None, f"negative box size [xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}]"
+        return None, f"negative box size {_desc(xmin, ymin, xmax, ymax)}"
     if xmax == xmin or ymax == ymin:
-        return None, f"zero-size box [xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}]"
-    cx0, cy0 = min(max(xmin, 0.0), width), min(max(ymin, 0.0), height)
-    cx1, cy1 = min(max(xmax, 0.0), width), min(max(ymax, 0.0), height)
+        return None, f"zero-size box {_desc(xmin, ymin, xmax, ymax)}"
+    cx0 = xmin if xmin >= 0.0 else 0.0
+    cy0 = ymin if ymin >= 0.0 else 0.0
+    cx1 = xmax if xmax <= width else float(width)
+    cy1 = ymax if ymax <= height else float(height)
     if cx1 <= cx0 or cy1 <= cy0:
-        return None, (f"box [xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}] has no area inside the "
-                      f"{width}x{height} image after clipping")
-    return (cx0, cy0, cx1, cy1), (cx0, cy0, cx1, cy1) != (xmin, ymin, xmax, ymax)
+        return None, (f"box {_desc(xmin, ymin, xmax, ymax)} has no area inside the {width}x{height} (WxH) "
+                      "image after clipping")
+    return (cx0, cy0, cx1, cy1), (cx0 != xmin or cy0 != ymin or cx1 != xmax or cy1 != ymax)
 
 
 def _box_where(record: ImageRecord, j: int, obj) -> str:
@@ -195,20 +284,9 @@ def _box_where(record: ImageRecord, j: int, obj) -> str:
 def _shard_fingerprint(records, k: int, file_stats, excluded, options: dict) -> str:
     """Hash of everything that decides shard k's bytes: options, its records, their files' size + mtime."""
     h = hashlib.sha256(json.dumps(dict(options, shard=k), sort_keys=True).encode())
-    for i in range(k, len(records), options["num_shards"]):
-        r = records[i]
-        objs = [(o.xmin, o.ymin, o.xmax, o.ymax, o.label, o.text, o.is_crowd, o.difficult, o.truncated, o.area,
-                 (i, j) in excluded) for j, o in enumerate(r.objects)]
-        h.update(repr((i, r.image_path, r.source_id, r.filename, r.height, r.width, objs, i in excluded,
-                       file_stats[i])).encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    idx = range(k, len(records), options["num_shards"])
+    h.update(pickle.dumps([(i, records[i], file_stats[i], i in excluded) for i in idx], protocol=4))
+    h.update(repr(sorted(e for e in excluded if isinstance(e, tuple) and e[0] % options["num_shards"] == k)).encode())
     return h.hexdigest()
 
 
@@ -221,6 +299,52 @@ def _init_worker(state):
     _STATE.update(state)
 
 
+def _example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, skip):
+    """Read, check and encode image i -> serialized tf.train.Example, or None when the image is skipped."""
+    try:
+        data, fmt, width, height, reencoded = _read_image(rec.image_path, verify)
+    except _ImageProblem as e:
+        skip(i, -1, "image", rec.where or rec.image_path, f"{rec.image_path}: {e}")
+        return None
+    if rec.height is not None and rec.width is not None and (rec.height != height or rec.width != width):
+        skip(i, -1, "image", rec.where or rec.image_path, f"{rec.image_path}: image is {height}x{width} (HxW) "
+                                                          f"but the annotation says {rec.height}x{rec.width}")
+        return None
+    xmin, ymin, xmax, ymax, labels, texts, crowd, area, difficult, truncated = ([] for _ in range(10))
+    per_label = stats["objects_per_label"]
+    for j, obj in enumerate(rec.objects):
+        if excluded and (i, j) in excluded:
+            continue
+        box, flag = check_box(obj, width, height)
+        if box is None:
+            skip(i, j, "box", _box_where(rec, j, obj), flag)
+            continue
+        x0, y0, x1, y1 = box
+        stats["clipped_boxes"] += flag
+        xmin.append(x0 / width)
+        ymin.append(y0 / height)
+        xmax.append(x1 / width)
+        ymax.append(y1 / height)
+        labels.append(obj.label)
+        texts.append(obj.text)
+        crowd.append(obj.is_crowd)
+        area.append(float(obj.area) if obj.area is not None else (x1 - x0) * (y1 - y0))
+        difficult.append(obj.difficult)
+        truncated.append(obj.truncated)
+        key = str(obj.label)
+        per_label[key] = per_label.get(key, 0) + 1
+    stats["num_records"] += 1
+    stats["num_objects"] += len(xmin)
+    stats["images_without_objects"] += not xmin
+    stats["formats"][fmt] = stats["formats"].get(fmt, 0) + 1
+    stats["reencoded_images"] += reencoded
+    return b"".join(ex.encode_example_parts(
+        encoded=data, image_format=fmt, height=height, width=width, source_id=rec.source_id,
+        filename=rec.filename, sha256=hashlib.sha256(data).hexdigest(), xmin=xmin, ymin=ymin, xmax=xmax,
+        ymax=ymax, labels=labels, texts=texts, is_crowd=crowd, area=area, difficult=difficult,
+        truncated=truncated))
+
+
 def _write_shard(k: int) -> dict:
     """Write shard k of _STATE's job; returns its stats (also written to the done-marker)."""
     st = _STATE
@@ -231,8 +355,7 @@ def _write_shard(k: int) -> dict:
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     stats = {"shard": k, "num_records": 0, "num_objects": 0, "objects_per_label": {}, "images_without_objects": 0,
              "clipped_boxes": 0, "formats": {}, "reencoded_images": 0, "skipped": []}
-    sha = hashlib.sha256()
-    pending = 0
+    framing_crc, pending = 0, 0
 
     def skip(i, j, kind, where, reason):
         if strict:
@@ -240,6 +363,7 @@ def _write_shard(k: int) -> dict:
         stats["skipped"].append([i, j, kind, where, reason])
 
     try:
+        fingerprint = _shard_fingerprint(records, k, st["file_stats"], excluded, opts)
         with open(tmp, "wb") as out:
             for i in range(k, len(records), num_shards):
                 if delay:
@@ -250,51 +374,14 @@ def _write_shard(k: int) -> dict:
                     pending = 0
                 if i in excluded:
                     continue
-                rec = records[i]
-                where = rec.where or rec.image_path
-                try:
-                    data, fmt, width, height, reencoded = _read_image(rec.image_path, verify)
-                except _ImageProblem as e:
-                    skip(i, -1, "image", where, f"{rec.image_path}: {e}")
+                payload = _example_bytes(i, records[i], verify, excluded, stats, skip)
+                if payload is None:
                     continue
-                if rec.height is not None and rec.width is not None and (rec.height, rec.width) != (height, width):
-                    skip(i, -1, "image", where, f"{rec.image_path}: image is {height}x{width} (HxW) but the "
-                                                f"annotation says {rec.height}x{rec.width}")
-                    continue
-                cols = {n: [] for n in ("xmin", "ymin", "xmax", "ymax", "labels", "texts", "is_crowd", "area",
-                                        "difficult", "truncated")}
-                for j, obj in enumerate(rec.objects):
-                    if (i, j) in excluded:
-                        continue
-                    box, flag = check_box(obj, width, height)
-                    if box is None:
-                        skip(i, j, "box", _box_where(rec, j, obj), flag)
-                        continue
-                    x0, y0, x1, y1 = box
-                    stats["clipped_boxes"] += int(flag)
-                    cols["xmin"].append(x0 / width)
-                    cols["ymin"].append(y0 / height)
-                    cols["xmax"].append(x1 / width)
-                    cols["ymax"].append(y1 / height)
-                    cols["labels"].append(obj.label)
-                    cols["texts"].append(obj.text)
-                    cols["is_crowd"].append(obj.is_crowd)
-                    cols["area"].append(float(obj.area) if obj.area is not None else (x1 - x0) * (y1 - y0))
-                    cols["difficult"].append(obj.difficult)
-                    cols["truncated"].append(obj.truncated)
-                    key = str(obj.label)
-                    stats["objects_per_label"][key] = stats["objects_per_label"].get(key, 0) + 1
-                payload = ex.encode_example(encoded=data, image_format=fmt, height=height, width=width,
-                                            source_id=rec.source_id, filename=rec.filename,
-                                            sha256=hashlib.sha256(data).hexdigest(), **cols)
-                framed = frame_record(payload)
-                out.write(framed)
-                sha.update(framed)
-                stats["num_records"] += 1
-                stats["num_objects"] += len(cols["xmin"])
-                stats["images_without_objects"] += int(not cols["xmin"])
-                stats["formats"][fmt] = stats["formats"].get(fmt, 0) + 1
-                stats["reencoded_images"] += int(reencoded)
+                header, header_crc, _, footer = frame_parts([payload])
+                out.write(header + header_crc)
+                out.write(payload)
+                out.write(footer)
+                framing_crc = crc32c_extend(framing_crc, header + header_crc + footer)
     except BaseException:
         try:
             os.remove(tmp)
@@ -304,14 +391,33 @@ def _write_shard(k: int) -> dict:
     finally:
         if pending:
             _tick(pending)
-    stats.update(file=os.path.basename(final), bytes=os.path.getsize(tmp), sha256=sha.hexdigest(),
-                 fingerprint=st["fingerprints"][k])
+    stats.update(file=os.path.basename(final), bytes=os.path.getsize(tmp), framing_crc32c=framing_crc,
+                 fingerprint=fingerprint)
     marker = tmp[: -len(".incomplete")] + ".done.json"
     with open(marker + ".tmp", "w") as f:
         json.dump(stats, f)
     os.replace(marker + ".tmp", marker)
     os.replace(tmp, final)
     return stats
+
+
+def scan_shard(path: str) -> tuple:
+    """(number of records, CRC-32C of all framing bytes) of a TFRecord file; raises ConversionError
+    if any record's length or data CRC is wrong (so a reused shard is checked byte for byte)."""
+    crc, count = 0, 0
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return count, crc
+            if len(header) < 12 or struct.unpack("<I", header[8:])[0] != masked_crc(header[:8]):
+                raise ConversionError(f"{path}: record {count}: bad or truncated header")
+            (length,) = struct.unpack("<Q", header[:8])
+            data, footer = f.read(length), f.read(4)
+            if len(data) < length or len(footer) < 4 or struct.unpack("<I", footer)[0] != masked_crc(data):
+                raise ConversionError(f"{path}: record {count}: data truncated or CRC mismatch")
+            crc = crc32c_extend(crc, header + footer)
+            count += 1
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -377,9 +483,9 @@ def _reusable(final: str, marker: str, fingerprint: str):
         with open(marker) as f:
             stats = json.load(f)
         if (stats.get("fingerprint") == fingerprint and os.path.getsize(final) == stats["bytes"]
-                and _file_sha256(final) == stats["sha256"]):
+                and scan_shard(final) == (stats["num_records"], stats["framing_crc32c"])):
             return stats
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # ConversionError is a ValueError
         pass
     return None
 
@@ -410,7 +516,6 @@ def convert(records, *, output_prefix: str, num_shards: int, num_processes: int,
     excluded, pre_entries, file_stats = _precheck(records, label_map, strict)
     options = {"format_version": FORMAT_VERSION, "num_shards": num_shards, "verify_images": verify,
                "label_map": [[int(k), str(v)] for k, v in label_map.items()]}
-    fingerprints = [_shard_fingerprint(records, k, file_stats, excluded, options) for k in range(num_shards)]
 
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(out_dir, exist_ok=True)
@@ -424,7 +529,9 @@ def convert(records, *, output_prefix: str, num_shards: int, num_processes: int,
     for k in range(num_shards):
         final = shard_path(output_prefix, k, num_shards)
         marker = os.path.join(work_dir, os.path.basename(final) + ".done.json")
-        stats = _reusable(final, marker, fingerprints[k])
+        stats = None
+        if os.path.isfile(marker):  # fingerprints are computed here only on reruns (else in the workers)
+            stats = _reusable(final, marker, _shard_fingerprint(records, k, file_stats, excluded, options))
         if stats is not None:
             shard_stats[k] = stats
             continue
@@ -441,7 +548,7 @@ def convert(records, *, output_prefix: str, num_shards: int, num_processes: int,
     bar = tqdm(total=len(records), initial=done_before, unit="img", file=sys.stderr, disable=not progress,
                desc=os.path.basename(output_prefix), smoothing=0.1)
     state = {"records": records, "options": options, "excluded": excluded, "strict": strict,
-             "prefix": output_prefix, "work_dir": work_dir, "fingerprints": fingerprints}
+             "prefix": output_prefix, "work_dir": work_dir, "file_stats": file_stats}
     workers = min(num_processes or os.cpu_count() or 1, len(todo))
     try:
         if workers <= 1:
@@ -475,14 +582,18 @@ def _run_pool(state, todo, workers, bar):
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     counter = ctx.Value("q", 0)
     shown = 0
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(dict(state, counter=counter),)) as pool:
-        result = pool.map_async(_write_shard, todo, chunksize=1)
-        while not result.ready():
-            result.wait(0.1)
-            value = counter.value
-            bar.update(value - shown)
-            shown = value
-        results = result.get()
+    gc.freeze()  # forked workers then leave the parent's objects alone (no GC scans, no copy-on-write)
+    try:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(dict(state, counter=counter),)) as pool:
+            result = pool.map_async(_write_shard, todo, chunksize=1)
+            while not result.ready():
+                result.wait(0.1)
+                value = counter.value
+                bar.update(value - shown)
+                shown = value
+            results = result.get()
+    finally:
+        gc.unfreeze()
     bar.update(counter.value - shown)
     return results
 
@@ -512,7 +623,7 @@ def _sidecar(records, shard_stats, num_shards, label_map, skips, pre_entries, so
             formats[fmt] = formats.get(fmt, 0) + n
         writer_entries.extend(s["skipped"])
         shards.append({"file": s["file"], "num_records": s["num_records"], "bytes": s["bytes"],
-                       "sha256": s["sha256"]})
+                       "framing_crc32c": s["framing_crc32c"]})
     writer_entries.sort(key=lambda e: (e[0], e[1]))
     new_entries = [{"kind": kind, "where": where, "reason": reason} for _, _, kind, where, reason in writer_entries]
     skips.entries.extend(new_entries)  # the caller's report now has everything

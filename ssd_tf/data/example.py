@@ -39,7 +39,12 @@ ALL_KEYS = (
 BYTES, FLOAT, INT64 = 1, 2, 3
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
     if value < 0:
         value += 1 << 64  # int64 two's complement, 10 bytes on the wire
     out = bytearray()
@@ -50,36 +55,61 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+_TAG2 = {field: _varint((field << 3) | 2) for field in (1, 2, 3)}  # length-delimited tags
+
+
 def _len_field(field: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
-    return _varint((field << 3) | 2) + _varint(len(payload)) + payload
+    return _TAG2[field] + _varint(len(payload)) + payload
 
 
-def _encode_feature(kind: int, values) -> bytes:
+def _feature_parts(kind: int, values) -> list:
+    """tf.train.Feature (as a map-entry value) as byte chunks; big bytes values are not copied."""
     if kind == BYTES:
-        inner = b"".join(_len_field(1, v) for v in values)
+        parts = []
+        for v in values:
+            parts += (_TAG2[1], _varint(len(v)), v)
     elif kind == FLOAT:
-        inner = _len_field(1, struct.pack(f"<{len(values)}f", *values)) if len(values) else b""
+        parts = [_len_field(1, struct.pack(f"<{len(values)}f", *values))] if len(values) else []
     elif kind == INT64:
-        inner = _len_field(1, b"".join(_varint(int(v)) for v in values)) if len(values) else b""
+        if not len(values):
+            parts = []
+        elif min(values) >= 0 and max(values) < 128:  # one byte per varint (flags, small ids)
+            parts = [_len_field(1, bytes(values))]
+        else:
+            parts = [_len_field(1, b"".join([_varint(int(v)) for v in values]))]
     else:
         raise ValueError(f"unknown feature kind {kind!r} (expected BYTES, FLOAT or INT64)")
-    return _len_field(kind, inner)
+    return [_TAG2[kind], _varint(sum(map(len, parts)))] + parts
 
 
-def encode_features(features: dict) -> bytes:
-    """Serialize `{key: (kind, values)}` as a tf.train.Example (keys sorted: deterministic bytes).
+_KEY_FIELDS = {}  # key -> its encoded map-entry key field
 
-    BYTES values are `bytes` or `str` (UTF-8 encoded); FLOAT values are stored as float32.
+
+def encode_features_parts(features: dict) -> list:
+    """Serialize `{key: (kind, values)}` as a tf.train.Example, as a list of byte chunks to join or write.
+
+    Keys are sorted (deterministic bytes). BYTES values are `bytes` or `str` (UTF-8 encoded); FLOAT
+    values are stored as float32.
     """
-    entries = []
+    body = []
     for key in sorted(features):
         kind, values = features[key]
         if kind == BYTES:
-            values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
-        entry = _len_field(1, key.encode("utf-8")) + _len_field(2, _encode_feature(kind, values))
-        entries.append(_len_field(1, entry))
-    return _len_field(1, b"".join(entries))
+            values = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        key_field = _KEY_FIELDS.get(key)
+        if key_field is None:
+            key_field = _KEY_FIELDS.setdefault(key, _len_field(1, key.encode("utf-8")))
+        feature = _feature_parts(kind, values)
+        entry = [key_field, _TAG2[2], _varint(sum(map(len, feature)))] + feature
+        body += [_TAG2[1], _varint(sum(map(len, entry)))]
+        body += entry
+    return [_TAG2[1], _varint(sum(map(len, body)))] + body
+
+
+def encode_features(features: dict) -> bytes:
+    """`encode_features_parts` joined into one bytes object."""
+    return b"".join(encode_features_parts(features))
 
 
 def example_features(*, encoded: bytes, image_format: str, height: int, width: int, source_id: str,
@@ -118,6 +148,11 @@ def example_features(*, encoded: bytes, image_format: str, height: int, width: i
 def encode_example(**kwargs) -> bytes:
     """Serialized tf.train.Example for one image; arguments as in `example_features`."""
     return encode_features(example_features(**kwargs))
+
+
+def encode_example_parts(**kwargs) -> list:
+    """`encode_example` as byte chunks (the image bytes are not copied)."""
+    return encode_features_parts(example_features(**kwargs))
 
 
 def make_example(**kwargs):
