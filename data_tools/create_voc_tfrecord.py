@@ -29,7 +29,9 @@ Float coordinates ("174.0", "12.5") are accepted in both conventions.
 
 Bad input: a `<filename>` that escapes the image directory (absolute, `..`) is an error naming the
 XML. A malformed XML file skips its image (recorded in the sidecar), an error with --strict. A box
-with missing / non-numeric coordinates is skipped with its reason. Degenerate, out-of-image and
+with missing / non-numeric coordinates, or with xmin == xmax or ymin == ymax in the XML (a point: a
+click without a drag; under the 1-based reading it would become a 1-pixel box), is skipped with its
+reason. Degenerate, out-of-image and
 size-mismatch checks happen in the shared writer, which reads every image.
 
 Run as `python data_tools/create_voc_tfrecord.py`, `python -m data_tools.create_voc_tfrecord` or
@@ -207,6 +209,10 @@ def _convert_box(raw: dict, convention: str):
             return f"<{key}> {text!r} is not finite"
         values.append(v)
     xmin, ymin, xmax, ymax = values
+    if xmin == xmax or ymin == ymax:
+        # Read as 1-based inclusive indices this would be a 1-pixel-wide box, but annotation tools write
+        # it for a click without a drag (BCCD has two such points): no object has zero extent.
+        return f"zero-size box in the XML (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g})"
     if convention == "voc":
         xmin, ymin = xmin - 1.0, ymin - 1.0
     return xmin, ymin, xmax, ymax
