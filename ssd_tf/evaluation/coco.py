@@ -253,15 +253,16 @@ def _to_str(value: Any) -> str:
 
 
 def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = None) -> dict:
-    """Build a COCO-format ground-truth dict from validation TFRecords.
+    """Build a COCO-format ground-truth dict from validation TFRecords (read with `decode_example`).
 
-    Image ids are the records' `source_id`s when every one is a non-negative integer, else 1..N in record order
-    (sorted shard names). `gt["source_id_to_image_id"]` always holds the mapping {source_id: image id}, for
-    `export.detections_to_coco(image_id_map=...)`; a record with an empty source_id is keyed by its filename. Boxes become absolute xywh (rounded to 1e-4 px, below float32
-    noise); `area` is `image/object/area` when positive, else the box area. Categories come from `label_map`
-    ({id: name}, [{"id", "name"}], or a sidecar path); by default from the converter's sidecar beside the shards,
-    else from the class ids found in the records, named by their `image/object/class/text` (else by the id).
-    Ground truth of the whole split is read once; pixels are decoded by `decode_example` but not kept.
+    Image ids: the records' `source_id`s when every one is a non-negative integer, else 1..N in record order
+    (sorted shard names). `gt["source_id_to_image_id"]` always holds {source_id: image id} for
+    `export.detections_to_coco(image_id_map=...)`; a record with an empty source_id is keyed by its filename.
+    Boxes: normalised yxyx -> absolute xywh with the record's height/width, rounded to 1e-4 px (about the float32
+    resolution of the stored coordinates). `area`: the decoder's area (image/object/area, else box area).
+    Categories: from `label_map` ({id: name}, [{"id", "name"}], or a sidecar path); by default from the
+    converter's sidecar `{prefix}.meta.json` beside the shards, else the class ids found in the records, named by
+    their `image/object/class/text` (else by the id).
     """
     patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
     files = sorted({f for p in patterns for f in glob.glob(os.fspath(p))})

@@ -183,3 +183,29 @@ def test_matches_loop_reference_on_random_scenes(seed):
             assert {k: v for k, v in ours.items() if k.startswith("VOC/AP/") and v != -1.0} == pytest.approx(
                 {f"VOC/AP/{names[c]}": ap for c, ap in ref.items()}, abs=1e-12)
             assert ours["VOC/mAP"] == pytest.approx(np.mean(list(ref.values())), abs=1e-12)
+
+
+def test_real_voc2012_sample_matches_loop_reference(shared_data):
+    """100 real VOC2012 images (38 difficult objects) with model detections; both metrics, both box conventions."""
+    from defusedxml import ElementTree
+
+    root = shared_data / "voc2012_sample/data/database"
+    names = (root / "voc.names").read_text().split()
+    gts, dets = [], []
+    for xml in sorted((root / "gts/pascalvoc_format").glob("*.xml")):
+        objects = ElementTree.parse(str(xml)).getroot().findall("object")
+        boxes = [[float(o.find("bndbox").find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")] for o in objects]
+        gts.append({"boxes": np.array(boxes).reshape(-1, 4),
+                    "labels": [names.index(o.find("name").text) for o in objects],
+                    "difficult": [o.find("difficult").text == "1" for o in objects]})
+        txt = root / "dets/abs_xyx2y2" / (xml.stem + ".txt")
+        rows = np.loadtxt(txt, ndmin=2).reshape(-1, 6) if txt.exists() else np.zeros((0, 6))
+        dets.append({"boxes": rows[:, 2:], "labels": rows[:, 0].astype(int), "scores": rows[:, 1]})
+    assert len(gts) == 100 and sum(np.sum(g["difficult"]) for g in gts) == 38
+    for use_07 in (True, False):
+        for plus_one in (False, True):
+            ours = evaluate_voc(dets, gts, names, use_07_metric=use_07, plus_one=plus_one)
+            ref = _reference_voc(dets, gts, len(names), use_07, 0.5, 1.0 if plus_one else 0.0)
+            assert len(ref) == 20
+            assert ours["VOC/mAP"] == pytest.approx(np.mean(list(ref.values())), abs=1e-12)
+            assert 0.2 < ours["VOC/mAP"] < 1.0
