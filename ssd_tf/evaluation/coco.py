@@ -20,6 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+# Re-exported: the team interface lists detections_to_coco beside evaluate_coco.
+from ssd_tf.evaluation.export import CocoDetectionAccumulator, detections_to_coco, write_coco_results  # noqa: F401
+
 BACKENDS = ("faster", "pycocotools")
 STAT_KEYS = (
     "COCO/AP", "COCO/AP50", "COCO/AP75", "COCO/APs", "COCO/APm", "COCO/APl",
