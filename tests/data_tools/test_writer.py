@@ -1,0 +1,286 @@
+"""data_tools.writer: TF-compatible shards, determinism, image/box checks, sidecar, resume after SIGKILL."""
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_tools import writer
+from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _image(path, w=40, h=30, mode="RGB", fmt="JPEG", seed=0, **save):
+    rgb = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(rgb).convert(mode)
+    img.save(path, fmt, **save)
+    return str(path)
+
+
+def _obj(x0, y0, x1, y1, label=1, **kw):
+    return ObjectAnnotation(x0, y0, x1, y1, label=label, text={1: "cat", 2: "dog"}.get(label, "?"), **kw)
+
+
+def _convert(records, prefix, strict=False, num_shards=2, num_processes=1, **kw):
+    return writer.convert(records, output_prefix=str(prefix), num_shards=num_shards, num_processes=num_processes,
+                          label_map={1: "cat", 2: "dog"}, skips=SkipReport(strict=strict), source={"test": True},
+                          progress=False, **kw)
+
+
+def _examples(prefix, num_shards=2):
+    tf = pytest.importorskip("tensorflow")
+    out = []
+    for k in range(num_shards):
+        for raw in tf.data.TFRecordDataset(writer.shard_path(str(prefix), k, num_shards)):
+            out.append(tf.train.Example.FromString(raw.numpy()))
+    return out
+
+
+def _feat(example, key):
+    f = example.features.feature[key]
+    return list(getattr(f, f.WhichOneof("kind")).value)
+
+
+def test_shards_are_read_by_tensorflow_and_decode(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from ssd_tf.data.decoder import decode_example
+
+    recs = [ImageRecord(_image(tmp_path / f"{i}.jpg", seed=i), str(i), f"{i}.jpg", 30, 40,
+                        [_obj(4, 3, 20, 15, 1), _obj(10.5, 2.25, 39.5, 29, 2, is_crowd=True, area=77.0)],
+                        where=f"img {i}") for i in range(5)]
+    recs.append(ImageRecord(_image(tmp_path / "empty.jpg"), "empty", "empty.jpg", 30, 40, []))
+    meta = _convert(recs, tmp_path / "out" / "train")
+    assert meta["num_images"] == 6 and meta["num_objects"] == 10 and meta["images_without_objects"] == 1
+    assert meta["objects_per_class"] == {"cat": 5, "dog": 5} and meta["skipped"] == []
+    assert [s["file"] for s in meta["shards"]] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    assert json.loads((tmp_path / "out" / "train.meta.json").read_text()) == meta
+    examples = _examples(tmp_path / "out" / "train")
+    # image i -> shard i % 2, in order
+    assert [_feat(e, "image/source_id")[0] for e in examples] == [b"0", b"2", b"4", b"1", b"3", b"empty"]
+    e = examples[0]
+    assert _feat(e, "image/encoded")[0] == (tmp_path / "0.jpg").read_bytes()  # stored as is
+    assert _feat(e, "image/format") == [b"jpeg"]
+    np.testing.assert_allclose(_feat(e, "image/object/bbox/xmin"), np.float32([4 / 40, 10.5 / 40]))
+    np.testing.assert_allclose(_feat(e, "image/object/bbox/ymax"), np.float32([15 / 30, 29 / 30]))
+    assert _feat(e, "image/object/class/label") == [1, 2] and _feat(e, "image/object/is_crowd") == [0, 1]
+    np.testing.assert_allclose(_feat(e, "image/object/area"), [16 * 12, 77.0])
+    # the pure-Python encoding is TF's deterministic serialization
+    assert e.SerializeToString(deterministic=True) == list(writer.read_records(
+        writer.shard_path(str(tmp_path / "out" / "train"), 0, 2)))[0]
+    d = decode_example(tf.constant(examples[-1].SerializeToString()))
+    assert d["image"].shape == (30, 40, 3) and d["boxes"].shape == (0, 4)
+    want = np.asarray(Image.open(tmp_path / "empty.jpg").convert("RGB")).astype(int)
+    assert np.abs(d["image"].numpy().astype(int) - want).mean() < 2.0  # IDCTs of TF and PIL differ slightly
+
+
+def test_same_bytes_for_1_and_2_processes(tmp_path):
+    recs = [ImageRecord(_image(tmp_path / f"{i}.jpg", seed=i), str(i), f"{i}.jpg", 30, 40, [_obj(1, 1, 9, 9)])
+            for i in range(9)]
+    recs[4].objects.append(_obj(5, 5, 5, 9))  # a skip, so the sidecar's skip order is exercised too
+    _convert(recs, tmp_path / "a" / "x", num_shards=4, num_processes=1)
+    _convert(recs, tmp_path / "b" / "x", num_shards=4, num_processes=2)
+    for name in [f"x-{k:05d}-of-00004.tfrecord" for k in range(4)] + ["x.meta.json"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert not (tmp_path / "a" / ".x.convert").exists()  # work dir removed when done
+
+
+def test_bad_images_and_boxes_are_skipped_with_reasons(tmp_path):
+    good = _image(tmp_path / "good.jpg")
+    data = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not an image")
+    (tmp_path / "trailing.jpg").write_bytes(data + b"appended after EOI")  # valid: kept
+    recs = [
+        ImageRecord(good, "ok", "good.jpg", 30, 40, [
+            _obj(0, 0, 0, 10, where="zero"), _obj(10, 10, 5, 20, where="negative"),
+            _obj(50, 5, 60, 10, where="outside"), _obj(-5, -5, 10, 45, where="clipped"),
+            _obj(float("nan"), 0, 5, 5, where="nan"), _obj(1, 1, 5, 5, label=7, where="unknown label"),
+            _obj(40, 0, 45, 30, where="touching right edge"), _obj(2, 2, 8, 8, where="fine")]),
+        ImageRecord(str(tmp_path / "trunc.jpg"), "trunc", "trunc.jpg", 30, 40, [_obj(1, 1, 5, 5)], where="rec trunc"),
+        ImageRecord(str(tmp_path / "garbage.jpg"), "garbage", "garbage.jpg", None, None, []),
+        ImageRecord(str(tmp_path / "missing.jpg"), "missing", "missing.jpg", 30, 40, []),
+        ImageRecord(good, "wrong size", "good.jpg", 31, 40, [_obj(1, 1, 5, 5)]),
+        ImageRecord(str(tmp_path / "trailing.jpg"), "trailing", "trailing.jpg", None, None, []),
+    ]
+    meta = _convert(recs, tmp_path / "out" / "x")
+    reasons = {e["where"]: e["reason"] for e in meta["skipped"]}
+    assert "zero-size box" in reasons["zero"] and "negative box size" in reasons["negative"]
+    assert "no area inside the 40x30" in reasons["outside"] and "non-finite" in reasons["nan"]
+    assert "unknown category id 7" in reasons["unknown label"]
+    assert "touching right edge" in reasons and "after clipping" in reasons["touching right edge"]
+    assert "no end-of-image marker" in reasons["rec trunc"] and "truncated" in reasons["rec trunc"]
+    assert any("garbage.jpg" in r and "not" in r.lower() or "unsupported" in r for r in reasons.values())
+    assert any("missing image file" in r and "missing.jpg" in r for r in reasons.values())
+    assert any("image is 30x40 (HxW) but the annotation says 31x40" in r for r in reasons.values())
+    assert meta["skipped_counts"] == {"box": 6, "image": 4}
+    assert meta["num_images"] == 2 and meta["num_objects"] == 2 and meta["clipped_boxes"] == 1
+    examples = {_feat(e, "image/source_id")[0]: e for e in _examples(tmp_path / "out" / "x")}
+    np.testing.assert_allclose(_feat(examples[b"ok"], "image/object/bbox/ymax"), [1.0, 8 / 30])  # clipped
+    np.testing.assert_allclose(_feat(examples[b"ok"], "image/object/area"), [10 * 30, 36])  # clipped area
+    assert _feat(examples[b"trailing"], "image/object/bbox/xmin") == []  # no objects: kept, empty lists
+
+
+@pytest.mark.parametrize("case", ["missing", "box", "truncated"])
+def test_strict_turns_skips_into_errors_naming_the_file(tmp_path, case):
+    good = _image(tmp_path / "good.jpg")
+    recs = [ImageRecord(good, str(i), "good.jpg", 30, 40, [_obj(1, 1, 5, 5)], where=f"ann.json image {i}")
+            for i in range(4)]
+    if case == "missing":
+        recs[3].image_path = str(tmp_path / "nope.jpg")
+    elif case == "box":
+        recs[3].objects.append(_obj(3, 3, 3, 9, where="ann.json annotation 17"))
+    else:
+        (tmp_path / "t.jpg").write_bytes(pathlib.Path(good).read_bytes()[:300])
+        recs[3].image_path = str(tmp_path / "t.jpg")
+    with pytest.raises(ConversionError) as err:
+        _convert(recs, tmp_path / "out" / "x", strict=True, num_shards=4)
+    msg = str(err.value)
+    assert {"missing": "nope.jpg", "box": "annotation 17", "truncated": "t.jpg"}[case] in msg
+    finished = list((tmp_path / "out").glob("x-*-of-*.tfrecord"))
+    if case != "truncated":  # checked before any shard is written
+        assert finished == []
+    assert not list((tmp_path / "out").rglob("*.incomplete"))
+
+
+def test_duplicate_source_ids_and_bad_arguments(tmp_path):
+    good = _image(tmp_path / "good.jpg")
+    recs = [ImageRecord(good, "7", "good.jpg", 30, 40, [], where="a.json image 1"),
+            ImageRecord(good, "7", "good.jpg", 30, 40, [], where="a.json image 2")]
+    with pytest.raises(ConversionError, match="duplicate source id '7'.*a.json image 1"):
+        _convert(recs, tmp_path / "x")
+    with pytest.raises(ValueError, match="num_shards"):
+        _convert(recs[:1], tmp_path / "x", num_shards=0)
+    with pytest.raises(ValueError, match="verify_images"):
+        _convert(recs[:1], tmp_path / "x", verify_images="sometimes")
+
+
+def test_formats_and_verify_full(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from ssd_tf.data.decoder import decode_example
+
+    paths = {
+        "gray": _image(tmp_path / "g.jpg", mode="L"),
+        "cmyk": _image(tmp_path / "c.jpg", mode="CMYK", quality=95),
+        "png": _image(tmp_path / "p.png", mode="RGBA", fmt="PNG"),
+        "bmp": _image(tmp_path / "b.bmp", fmt="BMP"),
+        "gif": _image(tmp_path / "a.gif", mode="P", fmt="GIF"),
+        "tiff": _image(tmp_path / "t.tiff", fmt="TIFF"),
+    }
+    recs = [ImageRecord(p, k, os.path.basename(p), 30, 40, [_obj(1, 1, 5, 5)]) for k, p in paths.items()]
+    meta = _convert(recs, tmp_path / "out" / "x", num_shards=1)
+    assert meta["image_formats"] == {"jpeg": 2, "png": 4} and meta["reencoded_images"] == 3
+    for e in _examples(tmp_path / "out" / "x", 1):
+        key = _feat(e, "image/source_id")[0].decode()
+        encoded = _feat(e, "image/encoded")[0]
+        if key in ("gray", "cmyk", "png"):
+            assert encoded == pathlib.Path(paths[key]).read_bytes()  # stored as is
+        d = decode_example(tf.constant(e.SerializeToString()))
+        assert d["image"].shape == (30, 40, 3) and d["image"].dtype == tf.uint8
+        want = np.asarray(Image.open(paths[key]).convert("RGB")).astype(int)
+        assert np.abs(d["image"].numpy().astype(int) - want).mean() < 2.0, key
+
+    # a complete-looking JPEG (ends with EOI) whose scan header is garbage: only --verify_images=full sees it
+    data = pathlib.Path(paths["gray"]).read_bytes()
+    sos = data.index(b"\xff\xda")
+    (tmp_path / "bad.jpg").write_bytes(data[: sos + 4] + b"\x09" * 8 + data[sos + 12:])
+    recs = [ImageRecord(str(tmp_path / "bad.jpg"), "bad", "bad.jpg", 30, 40, [])]
+    assert _convert(recs, tmp_path / "h" / "x", num_shards=1)["num_images"] == 1
+    meta = _convert(recs, tmp_path / "f" / "x", num_shards=1, verify_images="full")
+    assert meta["num_images"] == 0 and "full verification" in meta["skipped"][0]["reason"]
+
+
+def test_converters_do_not_import_tensorflow():
+    code = ("import sys, data_tools.writer, data_tools.create_coco_tfrecord, ssd_tf.data.example;"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def _coco_job(tmp_path, n=24):
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    images, anns = [], []
+    for i in range(n):
+        _image(img_dir / f"{i}.jpg", w=16, h=12, seed=i)
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 12, "width": 16})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 2, 5.5, 6], "area": 9, "iscrowd": 0})
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": anns,
+                                    "categories": [{"id": 1, "name": "cat"}]}))
+    return img_dir, ann_file
+
+
+def _cli(img_dir, ann_file, prefix, num_processes=1):
+    return [sys.executable, str(REPO / "data_tools" / "create_coco_tfrecord.py"), f"--image_dir={img_dir}",
+            f"--object_annotations_file={ann_file}", f"--output_file_prefix={prefix}", "--num_shards=4",
+            f"--num_processes={num_processes}"]
+
+
+def test_interrupted_run_resumes_to_identical_output(tmp_path):
+    from data_tools.create_coco_tfrecord import convert_coco
+
+    img_dir, ann_file = _coco_job(tmp_path)
+    convert_coco(image_dir=str(img_dir), object_annotations_file=str(ann_file),
+                 output_file_prefix=str(tmp_path / "ref" / "x"), num_shards=4, num_processes=2, progress=False)
+    ref = {p.name: p.read_bytes() for p in (tmp_path / "ref").iterdir()}
+
+    out = tmp_path / "out"
+    finals = [out / f"x-{k:05d}-of-00004.tfrecord" for k in range(4)]
+    env = dict(os.environ, **{writer.DELAY_ENV: "0.1"})  # 6 images per shard: ~0.6 s per shard
+    proc = subprocess.Popen(_cli(img_dir, ann_file, out / "x"), env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not finals[0].exists():
+        for f in finals:  # a final name only ever holds complete, correct content
+            if f.exists():
+                assert f.read_bytes() == ref[f.name]
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    present = sorted(p.name for p in out.iterdir() if p.name.startswith("x"))
+    assert present == [finals[0].name]  # no sidecar, no other final-named shard
+    assert finals[0].read_bytes() == ref[finals[0].name]
+    assert list((out / ".x.convert").glob("*.incomplete"))  # the shard in progress stayed temporary
+    mtime = finals[0].stat().st_mtime_ns
+
+    rerun = subprocess.run(_cli(img_dir, ann_file, out / "x", num_processes=2), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "reusing 1 finished shard" in rerun.stderr
+    assert finals[0].stat().st_mtime_ns == mtime
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == ref
+    assert not (out / ".x.convert").exists()
+
+
+def test_rerun_rewrites_a_damaged_finished_shard(tmp_path, monkeypatch, capsys):
+    img_dir, ann_file = _coco_job(tmp_path, n=8)
+    from data_tools.create_coco_tfrecord import convert_coco
+
+    kw = dict(image_dir=str(img_dir), object_annotations_file=str(ann_file), num_shards=2, num_processes=1)
+    convert_coco(output_file_prefix=str(tmp_path / "ref" / "x"), progress=False, **kw)
+    # a run that dies after both shards are finished, before the sidecar: done-markers stay behind
+    with monkeypatch.context() as m:
+        m.setattr(writer, "_sidecar", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            convert_coco(output_file_prefix=str(tmp_path / "out" / "x"), progress=False, **kw)
+    assert len(list((tmp_path / "out" / ".x.convert").glob("*.done.json"))) == 2
+    assert not (tmp_path / "out" / "x.meta.json").exists()
+    damaged = tmp_path / "out" / "x-00000-of-00002.tfrecord"
+    b = bytearray(damaged.read_bytes())
+    b[200] ^= 0xFF  # one flipped bit inside the image bytes of the first record
+    damaged.write_bytes(bytes(b))
+    with pytest.raises(ConversionError, match="CRC mismatch"):
+        writer.scan_shard(str(damaged))
+    capsys.readouterr()
+    convert_coco(output_file_prefix=str(tmp_path / "out" / "x"), progress=True, **kw)
+    assert "reusing 1 finished shard" in capsys.readouterr().err  # shard 1 reused, shard 0 rewritten
+    for name in ("x-00000-of-00002.tfrecord", "x-00001-of-00002.tfrecord", "x.meta.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
