@@ -128,17 +128,22 @@ def _centres_inside(boxes, windows):
             (cx > windows[:, 1:2]) & (cx < windows[:, 3:4]))
 
 
-def _pick_first(valid, windows, inside, num_boxes):
-    """First valid candidate (valid [K], windows [K,4], inside [K,N]); none valid -> whole image, all kept."""
+def _pick_first(valid, windows, inside, num_boxes, threshold, is_keep):
+    """First valid candidate (valid [K], windows [K,4], inside [K,N]); none valid -> whole image, all kept.
+
+    Returns (window [4], keep [N], info) with info = {"cropped": bool, "min_iou": threshold of the chosen draw}.
+    """
     found = tf.reduce_any(valid)
     idx = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
     window = tf.where(found, windows[idx], tf.constant([0.0, 0.0, 1.0, 1.0]))
     keep = tf.where(found, inside[idx], tf.ones([num_boxes], tf.bool))
-    return window, keep
+    info = {"cropped": found & ~is_keep[idx], "min_iou": threshold[idx]}
+    return window, keep, info
 
 
 def sample_mlperf_crop(seed, boxes):
-    """MLPerf REF SSDCropping. Returns (window [4] normalised yxyx in the image, keep [N] bool).
+    """MLPerf REF SSDCropping. Returns (window [4] normalised yxyx in the image, keep [N] bool, info dict
+    {"cropped": bool, "min_iou": the chosen mode's threshold}).
 
     Draws ``MLPERF_CROP_DRAWS`` (mode, trial) pairs: mode uniform over ``MLPERF_CROP_MODES``; w, h ~ U(0.3, 1)
     (fractions of the image), rejected unless w/h in [0.5, 2]; left ~ U(0, 1-w), top ~ U(0, 1-h); valid if every
@@ -164,11 +169,12 @@ def sample_mlperf_crop(seed, boxes):
     whole = tf.constant([[0.0, 0.0, 1.0, 1.0]])
     windows = tf.where(keep_mode[:, None], whole, windows)
     inside = tf.where(keep_mode[:, None], tf.ones([k, n], tf.bool), inside)
-    return _pick_first(valid, windows, inside, n)
+    return _pick_first(valid, windows, inside, n, min_iou, keep_mode)
 
 
 def sample_ssd_crop(seed, boxes, frame_hw):
-    """torchvision RandomIoUCrop. Returns (window [4] normalised yxyx in the frame, keep [N] bool).
+    """torchvision RandomIoUCrop. Returns (window [4] normalised yxyx in the frame, keep [N] bool, info dict
+    {"cropped": bool, "min_iou": the chosen option}).
 
     ``frame_hw`` = (height, width) of the frame being cropped (the zoom-out canvas if any), used for the pixel
     aspect ratio new_w/new_h in [0.5, 2]. Per round an option from ``SSD_CROP_OPTIONS`` (1.0 = keep), then
@@ -197,7 +203,7 @@ def sample_ssd_crop(seed, boxes, frame_hw):
     valid = valid | keep_round
     windows = tf.where(keep_round[:, None], tf.constant([[0.0, 0.0, 1.0, 1.0]]), windows)
     inside = tf.where(keep_round[:, None], tf.ones([k, n], tf.bool), inside)
-    return _pick_first(valid, windows, inside, n)
+    return _pick_first(valid, windows, inside, n, option, keep_round)
 
 
 def sample_expand_window(seed, prob=0.5, max_ratio=4.0):
@@ -246,7 +252,11 @@ def _axis_samples(start, stop, n_out, n_in, flip):
     if flip:
         pos = tf.reverse(pos, axis=[0])
     inside = (pos >= 0.0) & (pos <= 1.0)
-    u = tf.clip_by_value(pos * n_in_f - 0.5, 0.0, n_in_f - 1.0)  # pixel-centre index coordinates, edge-clamped
+    # Pixel-centre index coordinates, clamped to the window's own pixels (as resizing the cropped image does)
+    # and to the image.
+    first = tf.maximum(start * n_in_f, 0.0)
+    last = tf.maximum(tf.minimum(stop * n_in_f - 1.0, n_in_f - 1.0), first)
+    u = tf.clip_by_value(pos * n_in_f - 0.5, first, last)
     lo = tf.floor(u)
     frac = u - lo
     lo = tf.cast(lo, tf.int32)
@@ -398,10 +408,10 @@ def augment_example(image, boxes, seed, recipe: AugmentRecipe, output_size=(300,
     if recipe.crop is not None:
         frame_boxes = boxes_to_window(boxes, window) if recipe.expand else boxes  # expand never clips
         if recipe.crop == "mlperf":
-            crop, keep = sample_mlperf_crop(seeds[1], frame_boxes)
+            crop, keep, _ = sample_mlperf_crop(seeds[1], frame_boxes)
         else:
             frame_hw = tf.cast(hw, tf.float32) * (window[2] - window[0])  # canvas keeps the image's aspect
-            crop, keep = sample_ssd_crop(seeds[1], frame_boxes, frame_hw)
+            crop, keep, _ = sample_ssd_crop(seeds[1], frame_boxes, frame_hw)
         window = compose_windows(window, crop)
     boxes = boxes_to_window(tf.boolean_mask(boxes, keep), window)
     extras = {k: tf.boolean_mask(v, keep) for k, v in extras.items()}
