@@ -369,3 +369,35 @@ def test_cli_entry_points(loose, how):
                           env=dict(os.environ, PYTHONPATH=REPO if how == "module" else os.environ.get("PYTHONPATH", "")))
     assert proc.returncode == 1 and "evil.xml" in proc.stderr
     os.remove(ann / "evil.xml")
+
+
+def test_cvat_voc_export_with_float_coordinates_matches_the_original_xml(shared_data):
+    """imagenet_format: CVAT's VOC export of the same GT (floats like "174.0", empty <depth>, no <difficult> /
+    <truncated>, its own id order in ImageSets/Main/default.txt) parses to the same boxes."""
+    base = shared_data / VOC_SAMPLE / "gts"
+    images = str(shared_data / VOC_SAMPLE / "images")
+    cvat_entries = voc.loose_entries(str(base / "imagenet_format/Annotations"), images,
+                                     str(base / "imagenet_format/ImageSets/Main/default.txt"))
+    cvat, _ = voc.build_records(cvat_entries, skips=SkipReport(strict=True))
+    orig, _ = voc.build_records(voc.loose_entries(str(base / "pascalvoc_format"), images), skips=SkipReport(strict=True))
+    assert [r.source_id for r in cvat] != [r.source_id for r in orig]  # different order...
+    orig = {r.source_id: r for r in orig}
+    assert sorted(orig) == sorted(r.source_id for r in cvat)  # ...same images
+    for r in cvat:
+        o = orig[r.source_id]
+        assert (r.image_path, r.width, r.height) == (o.image_path, o.width, o.height)
+        key = lambda a: (a.text, a.xmin, a.ymin, a.xmax, a.ymax)  # noqa: E731
+        assert sorted(map(key, r.objects)) == sorted(map(key, o.objects)), r.source_id
+        assert not any(a.difficult or a.truncated for a in r.objects)
+
+
+def test_missing_size_leaves_it_to_the_image(tmp_path):
+    ann, img = tmp_path / "ann", tmp_path / "img"
+    _jpeg(str(img / "a.jpg"), w=40, h=30)
+    os.makedirs(ann)
+    (ann / "a.xml").write_text("<annotation><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                               "<xmax>40</xmax><ymax>30</ymax></bndbox></object></annotation>")
+    (record,), _ = voc.build_records(voc.loose_entries(str(ann), str(img)), skips=SkipReport())
+    # no <filename>: <id>.jpg; no <size>: None (the writer takes the image's)
+    assert (record.image_path, record.height, record.width) == (str(img / "a.jpg"), None, None)
+    assert (record.objects[0].xmin, record.objects[0].xmax) == (0.0, 40.0)
