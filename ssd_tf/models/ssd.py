@@ -51,8 +51,10 @@ def multibox_heads(features, num_classes):
         # [B,H,W,A*K] -> [B,H*W*A,K]: (y, x, anchor) order because channels are anchor-major.
         boxes.append(layers.Reshape((-1, 4), name=f"loc_{level}_flat")(loc))
         logits.append(layers.Reshape((-1, num_classes), name=f"conf_{level}_flat")(conf))
-    box_regression = layers.Concatenate(axis=1, name="box_regression", dtype="float32")(boxes)
-    class_logits = layers.Concatenate(axis=1, name="class_logits", dtype="float32")(logits)
+    # Outputs stay float32 under a mixed-precision policy; otherwise they follow the global policy.
+    out_dtype = "float32" if keras.config.dtype_policy().name.startswith("mixed") else None
+    box_regression = layers.Concatenate(axis=1, name="box_regression", dtype=out_dtype)(boxes)
+    class_logits = layers.Concatenate(axis=1, name="class_logits", dtype=out_dtype)(logits)
     return box_regression, class_logits
 
 
