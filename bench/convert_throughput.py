@@ -97,6 +97,7 @@ def run_converter(image_dir, ann_file, out_prefix, num_processes, num_shards) ->
            f"--object_annotations_file={ann_file}", f"--output_file_prefix={out_prefix}",
            f"--num_shards={num_shards}", f"--num_processes={num_processes}"]
     peak, stop = [0], threading.Event()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -111,11 +112,13 @@ def run_converter(image_dir, ann_file, out_prefix, num_processes, num_shards) ->
     wall = time.perf_counter() - t
     stop.set()
     sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"converter failed ({proc.returncode}):\n{err[-3000:]}")
     m = re.search(r"timing: parse ([\d.]+) s, write ([\d.]+) s", err)
     return {"wall_s": wall, "parse_s": float(m.group(1)) if m else None, "write_s": float(m.group(2)) if m else None,
-            "peak_rss_tree_mb": peak[0] / 2**20}
+            "peak_rss_tree_mb": peak[0] / 2**20, "cpu_s": cpu}
 
 
 def main():
@@ -142,7 +145,8 @@ def main():
         result = {
             "num_images": args.num_images, "num_objects": meta["num_objects"], "input_mb": total_bytes / 2**20,
             "num_processes": args.num_processes, "num_shards": args.num_shards,
-            "wall_s": round(r["wall_s"], 3),
+            "wall_s": round(r["wall_s"], 3), "cpu_s_process_tree": round(r["cpu_s"], 3),
+            "load_average_1min": os.getloadavg()[0],
             "parse_s": r["parse_s"], "write_s": r["write_s"],
             "images_per_s_wall": round(args.num_images / r["wall_s"], 1),
             "mb_per_s_wall": round(total_bytes / 2**20 / r["wall_s"], 1),

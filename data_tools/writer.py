@@ -26,7 +26,9 @@ Images
   with its IEND chunk, else the image is fully decoded and skipped if that fails (so a truncated file
   is caught, while data appended after a valid image is accepted). This costs ~10 us per image;
   corruption inside the entropy-coded data of a complete-looking file is only caught by
-  --verify_images=full, which fully decodes every image with PIL (about 3-5 ms per VGA JPEG).
+  --verify_images=full, which fully decodes every image with PIL (about 3-5 ms per VGA JPEG) and
+  rejects what libjpeg/libpng cannot decode (the errors that would also stop tf.io.decode_image);
+  damage libjpeg recovers from with a warning passes both PIL and TensorFlow and is accepted.
 - The size found in the file must equal the annotation's (when it states one), else the image is skipped.
 
 Boxes (absolute continuous pixels, x first, as in `data_tools.records`)
