@@ -240,6 +240,9 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
+    from data_tools.cli_help import expose_flags_in_help
+
+    expose_flags_in_help(__spec__.name if __spec__ else "data_tools.create_txt_tfrecord")
     app.run(main)
 
 

@@ -170,13 +170,14 @@ def render_examples(pattern: str, num: int, output_dir: str) -> list:
 def define_flags():
     from absl import flags
 
-    if "input_pattern" in flags.FLAGS:
-        return
-    flags.DEFINE_string("input_pattern", None, "Glob of the TFRecord files, e.g. 'out/train-*.tfrecord'.")
-    flags.DEFINE_boolean("json", False, "Print the counts as one JSON object instead of text.")
-    flags.DEFINE_integer("render", 0, "Draw this many examples with their boxes as PNGs.", lower_bound=0)
-    flags.DEFINE_string("output_dir", None, "Where --render writes its PNGs.")
-    flags.mark_flag_as_required("input_pattern")
+    def define(kind, name, *args, **kwargs):
+        if name not in flags.FLAGS:
+            getattr(flags, kind)(name, *args, **kwargs)
+
+    define("DEFINE_string", "input_pattern", None, "Glob of the TFRecord files, e.g. 'out/train-*.tfrecord'.")
+    define("DEFINE_boolean", "json", False, "Print the counts as one JSON object instead of text.")
+    define("DEFINE_integer", "render", 0, "Draw this many examples with their boxes as PNGs.", lower_bound=0)
+    define("DEFINE_string", "output_dir", None, "Where --render writes its PNGs.")
 
 
 def main(argv):
@@ -185,6 +186,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    if not f.input_pattern:
+        raise app.UsageError("--input_pattern is required")
     if f.render and not f.output_dir:
         raise app.UsageError("--render needs --output_dir")
     try:
@@ -204,6 +207,9 @@ def run():
     from absl import app
 
     define_flags()
+    from data_tools.cli_help import expose_flags_in_help
+
+    expose_flags_in_help(__spec__.name if __spec__ else "data_tools.inspect_tfrecord")
     app.run(main)
 
 

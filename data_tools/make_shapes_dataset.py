@@ -91,12 +91,14 @@ def _background(rng, size: int, tile=None):
     c0 = rng.uniform(0, 255, 3).astype(np.float32)
     c1 = np.clip(c0 + rng.uniform(-80, 80, 3), 0, 255).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
+    # t(x, y) = (a x + b y - t_min) / (t_max - t_min) on [0, 1]^2: a ramp along the angle, 0 to 1.
+    a, b = math.cos(angle), math.sin(angle)
+    t_min, t_max = min(a, 0) + min(b, 0), max(a, 0) + max(b, 0)
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-    t = ramp[None, :] * np.float32(math.cos(angle)) + ramp[:, None] * np.float32(math.sin(angle))  # [S, S]
-    t -= t.min()
-    t /= max(float(t.max()), 1e-6)
-    t = np.repeat(t, 3, axis=1)  # [S, S*3], each value once per channel
-    image = np.tile(c0, size)[None, :] + np.tile(c1 - c0, size)[None, :] * t  # [S, S*3]
+    delta = np.tile(c1 - c0, size)  # [S*3], per (x, channel)
+    row = np.tile(c0, size) + delta * np.repeat((a * ramp - t_min) / (t_max - t_min), 3)  # [S*3], at y = 0
+    image = np.multiply.outer(np.float32(b / (t_max - t_min)) * ramp, delta)  # [S, S*3], the y part
+    image += row
     noise = ("none", "fine", "blotchy")[int(rng.integers(0, 3))]
     if noise == "fine":
         if tile is None or tile.shape[0] < 2 * size:
@@ -109,7 +111,8 @@ def _background(rng, size: int, tile=None):
         lo, frac = _interpolation(size, coarse.shape[0])  # bilinear upsampling, no BLAS (threads)
         rows = coarse[lo] * (1 - frac)[:, None] + coarse[lo + 1] * frac[:, None]  # [S, n]
         blot = rows[:, lo] * (1 - frac)[None, :] + rows[:, lo + 1] * frac[None, :]  # [S, S]
-        image += np.repeat(blot, 3, axis=1) * np.float32(rng.uniform(10.0, 25.0))
+        blot *= np.float32(rng.uniform(10.0, 25.0))
+        image += np.repeat(blot, 3, axis=1)
     return image.reshape(size, size, 3), (c0, c1)
 
 
@@ -238,19 +241,27 @@ def main(argv):
 
 
 def define_flags():
+    """Defines the flags (idempotent; a name another tool already defined is shared)."""
     from absl import flags
 
-    flags.DEFINE_string("output_dir", None, "Where to write train/, val/, annotations/.")
-    flags.DEFINE_integer("num_train", 1000, "Training images.", lower_bound=0)
-    flags.DEFINE_integer("num_val", 200, "Validation images.", lower_bound=0)
-    flags.DEFINE_integer("image_size", 300, "Image side in pixels (square images).", lower_bound=32)
-    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives byte-identical files.", lower_bound=0)
+    def define(kind, name, *args, **kwargs):
+        if name not in flags.FLAGS:
+            getattr(flags, kind)(name, *args, **kwargs)
+
+    define("DEFINE_string", "output_dir", None, "Where to write train/, val/, annotations/.")
+    define("DEFINE_integer", "num_train", 1000, "Training images.", lower_bound=0)
+    define("DEFINE_integer", "num_val", 200, "Validation images.", lower_bound=0)
+    define("DEFINE_integer", "image_size", 300, "Image side in pixels (square images).", lower_bound=32)
+    define("DEFINE_integer", "seed", 0, "Random seed; the same seed gives byte-identical files.", lower_bound=0)
 
 
 def run():
     from absl import app
 
     define_flags()
+    from data_tools.cli_help import expose_flags_in_help
+
+    expose_flags_in_help(__spec__.name if __spec__ else "data_tools.make_shapes_dataset")
     app.run(main)
 
 
