@@ -179,7 +179,8 @@ def test_base_class_weight_decay_is_not_double_applied():
     np.testing.assert_allclose(after["net/fc/kernel"], kernel0 * (1 - 0.1 * 0.01), rtol=1e-6)
 
 
-def test_checkpoint_round_trip_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("build_before_restore", [True, False])
+def test_checkpoint_round_trip_resumes_exactly(tmp_path, build_before_restore):
     full_opt = MomentumSGD(SCHEDULE, momentum=0.9, weight_decay=5e-4)
     _, full = train_keras(full_opt, steps=10)
 
@@ -190,10 +191,14 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path):
     model2 = make_model()
     model2.layers[0].kernel.assign(np.zeros((4, 3)))
     opt2 = MomentumSGD(SCHEDULE, momentum=0.9, weight_decay=5e-4)
-    opt2.build(model2.trainable_variables)
-    tf.train.Checkpoint(model=model2, optimizer=opt2).restore(path).assert_consumed()
+    if build_before_restore:
+        opt2.build(model2.trainable_variables)
+    status = tf.train.Checkpoint(model=model2, optimizer=opt2).restore(path)
+    if build_before_restore:
+        status.assert_consumed()
     assert int(opt2.iterations.numpy()) == 6
-    _, resumed = train_keras(opt2, steps=4, model=model2, start=6)
+    _, resumed = train_keras(opt2, steps=4, model=model2, start=6)  # builds (deferred slots restored) if needed
+    status.assert_consumed()
     assert max_diff(resumed, full) == 0.0
 
 
