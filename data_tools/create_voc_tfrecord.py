@@ -16,13 +16,15 @@ Classes: the 20 VOC classes (ids 1..20, alphabetical) by default; `--label_map=F
 Pixel convention (`--pixel_convention`):
 - `voc` (default): VOC coordinates are 1-based, inclusive pixel indices: `xmin=1, xmax=W` covers the
   whole image row. In the continuous 0-based frame of `data_tools.records` (pixel column c spans
-  [c, c+1)) that box is `[xmin - 1, ymin - 1, xmax, ymax]`. Evidence: BCCD has 545 boxes with
-  xmax == 640 or ymax == 480 on 640x480 images; the VOC devkit's evaluation (`VOCevaldet.m`)
-  measures a box as `xmax - xmin + 1` pixels wide; Detectron2's `pascal_voc.py` applies the same
-  `-1` to xmin/ymin only.
+  [c, c+1)) that box is `[xmin - 1, ymin - 1, xmax, ymax]`. Evidence: in the 5,163 objects of BCCD,
+  voc2012_sample and keras-retinanet's VOC2007 image no coordinate is 0, while xmin == 1 (261x),
+  ymin == 1 (395x), xmax == W (272x) and ymax == H (364x) all occur: the numbers span [1, W]. The VOC
+  devkit's evaluation (`VOCevaldet.m`) measures a box as `xmax - xmin + 1` pixels wide; Detectron2's
+  `pascal_voc.py` applies the same `-1` to xmin/ymin only.
   Other tools differ by one pixel: TF OD API `create_pascal_tf_record.py` and CVAT take the numbers
   as they are (the CVAT TFRecord and COCO JSON shipped with voc2012_sample have xmin = VOC xmin), and
-  keras-retinanet / ssd.pytorch subtract 1 from all four numbers. The difference is at most 1 px.
+  ssd.pytorch (and the keras-retinanet test CSV of the same VOC2007 image) subtract 1 from all four
+  numbers. The differences are exactly 1 px on some sides.
 - `continuous`: the numbers are already continuous 0-based coordinates (taken as they are); use this
   for exports with float coordinates written by tools that work in that frame.
 Float coordinates ("174.0", "12.5") are accepted in both conventions.
@@ -31,8 +33,8 @@ Bad input: a `<filename>` that escapes the image directory (absolute, `..`) is a
 XML. A malformed XML file skips its image (recorded in the sidecar), an error with --strict. A box
 with missing / non-numeric coordinates, or with xmin == xmax or ymin == ymax in the XML (a point: a
 click without a drag; under the 1-based reading it would become a 1-pixel box), is skipped with its
-reason. Degenerate, out-of-image and
-size-mismatch checks happen in the shared writer, which reads every image.
+reason. Inverted, zero-size (after conversion), out-of-image and size-mismatch checks happen in the
+shared writer, which reads every image.
 
 Run as `python data_tools/create_voc_tfrecord.py`, `python -m data_tools.create_voc_tfrecord` or
 the `create_voc_tfrecord` console script.

@@ -8,8 +8,9 @@ A label map is returned as a `dict[int, str]` (id -> name) whose iteration order
 - `.pbtxt`: the TF Object Detection API format, `item { id: 1 name: 'cat' }` blocks.
 - anything else (`.txt`, `.names`, ...): plain text, one class name per line. Blank lines and lines
   starting with `#` are ignored; the name on the k-th remaining line (k = 0, 1, ...) gets id k + 1
-  (id 0 is left for the background, as in TF OD API label maps). A trailing `,<anything>` or
-  `:<anything>` is NOT stripped: names are taken verbatim after whitespace trimming.
+  (id 0 is left for the background, as in TF OD API label maps). Names are taken verbatim after
+  whitespace trimming, except in CVAT's `labelmap.txt` (first line `# label:color_rgb:parts:actions`):
+  there the name is the text before the first `:` and the `background` entry is dropped.
 
 Names must be unique and non-empty, ids unique non-negative integers; errors name the file and line.
 """
@@ -61,13 +62,22 @@ def read_label_map(path: str) -> dict:
     return label_map
 
 
+_CVAT_HEADER = "# label:color_rgb:parts:actions"
+
+
 def _parse_lines(text: str, path: str) -> dict:
     label_map = {}
     seen = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    cvat = bool(lines) and lines[0].strip().replace(" ", "") == _CVAT_HEADER.replace(" ", "")
+    for lineno, line in enumerate(lines, start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue
+        if cvat:
+            name = name.split(":", 1)[0].strip()
+            if name == "background":
+                continue
         if name in seen:
             raise ConversionError(f"label map {path} line {lineno}: duplicate class {name!r} (first on line {seen[name]})")
         seen[name] = lineno

@@ -131,6 +131,8 @@ def test_voc_sample_label_files(shared_data):
     assert list(names.values()) == list(label_map_lib.VOC_CLASSES)
     cvat = label_map_lib.read_label_map(str(shared_data / "voc2012_sample/data/database/gts/tfrecord_format/label_map.pbtxt"))
     assert len(cvat) == 20 and cvat[1] == "person" and set(cvat.values()) == set(label_map_lib.VOC_CLASSES)
+    cvat_txt = label_map_lib.read_label_map(str(shared_data / "voc2012_sample/data/database/gts/imagenet_format/labelmap.txt"))
+    assert cvat_txt == cvat  # same order and ids as the CVAT pbtxt: person=1, cat=2, ...
 
 
 def test_keras_retinanet_csv(shared_data, tmp_path):
