@@ -112,6 +112,19 @@ def test_argument_validation(tmp_path):
         shapes.make_shapes_dataset(str(tmp_path), -1, 1)
 
 
+@pytest.mark.parametrize("how", ["module", "console"])
+def test_cli_entry_points(tmp_path, how):
+    cmd = {"module": [sys.executable, "-m", "data_tools.make_shapes_dataset"],
+           "console": [os.path.join(os.path.dirname(sys.executable), "make_shapes_dataset")]}[how]
+    if how == "console" and not os.path.exists(cmd[0]):
+        pytest.skip("package not installed (pip install -e .)")
+    proc = subprocess.run(cmd + [f"--output_dir={tmp_path}", "--num_train=1", "--num_val=1", "--image_size=64"],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["annotations", "labels.txt", "train", "val"]
+
+
 def test_cli_and_coco_converter_roundtrip(tmp_path):
     out = tmp_path / "s"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "data_tools", "make_shapes_dataset.py"),
