@@ -26,8 +26,16 @@ def test_exactly_k_on_ties_and_ratio():
     pos[1, 1] = True
     neg = hard_negative_mining(loss, pos, neg_pos_ratio=3).numpy()
     assert neg.sum(axis=1).tolist() == [3, 6]
+    assert np.flatnonzero(neg[0]).tolist() == [1, 2, 3]  # ties resolved in anchor order
     neg = hard_negative_mining(loss, pos, neg_pos_ratio=5).numpy()
     assert neg.sum(axis=1).tolist() == [5, 10]
+
+
+def test_ties_at_the_kth_value():
+    loss = np.array([[9.0, 1.0, 2.0, 5.0, 2.0, 2.0, 0.5]], np.float32)
+    pos = np.array([[True] + [False] * 6])
+    neg = hard_negative_mining(loss, pos).numpy()  # k = 3: the 5, then the first two of the three 2s
+    assert np.flatnonzero(neg[0]).tolist() == [2, 3, 4]
 
 
 def test_xla_matches_eager():
