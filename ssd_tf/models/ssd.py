@@ -12,7 +12,7 @@ bias init instead; irrelevant once weights are trained or imported).
 import keras
 from keras import layers
 
-from ssd_tf.models.backbones.resnet import resnet34_ssd_backbone
+from ssd_tf.models.backbones.resnet import resnet34_ssd_backbone, scaled_channels
 from ssd_tf.models.backbones.vgg import VGG16_STAGES, vgg16_reduced_fc_backbone, vgg16_stage_layer_names
 from ssd_tf.models.layers import L2Normalization
 
@@ -71,20 +71,26 @@ def _check_feature_sizes(features, name):
         raise AssertionError(f"{name}: feature map sizes {sizes} != expected {FEATURE_SIZES}")
 
 
-def ssd_resnet34(num_classes=81, image_size=IMAGE_SIZE, name="ssd_resnet34"):
-    """SSD300 with the MLPerf v0.6 ResNet34 backbone (no BN in the extras)."""
+def ssd_resnet34(num_classes=81, image_size=IMAGE_SIZE, width_multiplier=1.0, name="ssd_resnet34"):
+    """SSD300 with the MLPerf v0.6 ResNet34 backbone (no BN in the extras).
+
+    width_multiplier scales every backbone and extra-layer channel count (1.0 = the reference model; smaller
+    values give the same code path at a fraction of the cost, e.g. for the demo and tests).
+    """
     _check_common(num_classes, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = resnet34_ssd_backbone(inputs)  # [B,38,38,256]
+    x = resnet34_ssd_backbone(inputs, width_multiplier)  # [B,38,38,256]
     features = [x]
     for i, (mid, out, stride) in enumerate(RESNET34_EXTRAS):
-        x = extra_block(x, mid, out, stride, f"extra{i}")
+        x = extra_block(x, scaled_channels(mid, width_multiplier), scaled_channels(out, width_multiplier), stride,
+                        f"extra{i}")
         features.append(x)  # 19x19x512, 10x10x512, 5x5x256, 3x3x256, 1x1x256
     _check_feature_sizes(features, name)
     return keras.Model(inputs, multibox_heads(features, num_classes), name=name)
 
 
-def ssd_vgg16(num_classes=91, image_size=IMAGE_SIZE, trainable_backbone_stages=None, name="ssd_vgg16"):
+def ssd_vgg16(num_classes=91, image_size=IMAGE_SIZE, trainable_backbone_stages=None, width_multiplier=1.0,
+              name="ssd_vgg16"):
     """SSD300 with the VGG16 reduced-fc backbone and L2Norm on conv4_3.
 
     trainable_backbone_stages: None trains everything (ssd.pytorch). k in 0..5 freezes VGG conv stages
@@ -96,10 +102,11 @@ def ssd_vgg16(num_classes=91, image_size=IMAGE_SIZE, trainable_backbone_stages=N
     if trainable_backbone_stages is not None and not 0 <= trainable_backbone_stages <= stages:
         raise ValueError(f"trainable_backbone_stages must be None or in [0, {stages}], got {trainable_backbone_stages}")
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    conv4_3, x = vgg16_reduced_fc_backbone(inputs)
+    conv4_3, x = vgg16_reduced_fc_backbone(inputs, width_multiplier)
     features = [L2Normalization(scale_init=20.0, name="l2norm")(conv4_3), x]
     for i, (mid, out, stride) in enumerate(VGG16_EXTRAS):
-        x = extra_block(x, mid, out, stride, f"extra{i}")
+        x = extra_block(x, scaled_channels(mid, width_multiplier), scaled_channels(out, width_multiplier), stride,
+                        f"extra{i}")
         features.append(x)  # 10x10x512, 5x5x256, 3x3x256, 1x1x256
     _check_feature_sizes(features, name)
     model = keras.Model(inputs, multibox_heads(features, num_classes), name=name)

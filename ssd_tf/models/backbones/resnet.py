@@ -47,9 +47,16 @@ def basic_block(x, filters, stride, name):
     return layers.ReLU(name=f"{name}_relu2")(y)
 
 
-def resnet34_ssd_backbone(inputs):
-    """[B,300,300,3] -> [B,38,38,256] (stem, layer1, layer2, layer3 with stride 1)."""
-    x = _conv(inputs, 64, 7, 2, "conv1")  # [B,150,150,64]
+def scaled_channels(channels, width_multiplier):
+    """Channel count times the width multiplier (at least 8); 1.0 leaves the reference model untouched."""
+    if width_multiplier == 1.0:
+        return channels
+    return max(8, int(round(channels * width_multiplier)))
+
+
+def resnet34_ssd_backbone(inputs, width_multiplier=1.0):
+    """[B,300,300,3] -> [B,38,38,256*width] (stem, layer1, layer2, layer3 with stride 1)."""
+    x = _conv(inputs, scaled_channels(64, width_multiplier), 7, 2, "conv1")  # [B,150,150,64]
     x = _bn("bn1")(x)
     x = layers.ReLU(name="relu")(x)
     # 3x3/2 pad 1 max-pool; zero padding is exact after a ReLU.
@@ -57,5 +64,6 @@ def resnet34_ssd_backbone(inputs):
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)  # [B,75,75,64]
     for stage, (blocks, filters, stride) in enumerate(RESNET34_SSD_STAGES, start=1):
         for block in range(blocks):
-            x = basic_block(x, filters, stride if block == 0 else 1, f"layer{stage}_{block}")
+            x = basic_block(x, scaled_channels(filters, width_multiplier), stride if block == 0 else 1,
+                            f"layer{stage}_{block}")
     return x
