@@ -5,15 +5,11 @@ after TensorFlow). Raw head outputs are compared on the same normalised input (G
 bypassed), in float64 (mapping exact up to rounding) and float32, then the detections of ``ssd_postprocess``
 (ssd_vgg16 defaults) on our outputs against torchvision's ``postprocess_detections``.
 """
-import importlib.util
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from ssd_parity_helpers import XY_TO_YX, match_detections, run_reference, torch_available
 
-if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
+if not torch_available():
     pytest.skip("torch + torchvision are needed for the parity tests", allow_module_level=True)
 
 import keras  # noqa: E402
@@ -23,35 +19,6 @@ from ssd_tf.weights.torchvision import load_torchvision_ssd300_vgg16  # noqa: E4
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 RAW_ATOL = 1e-4
-HELPER = pathlib.Path(__file__).with_name("torch_reference.py")
-
-
-def run_reference(kind, outdir):
-    subprocess.run([sys.executable, str(HELPER), kind, str(outdir)], check=True, capture_output=True)
-    return dict(np.load(outdir / "reference.npz"))
-
-
-def match_detections(ours, ref, image):
-    """Max |score diff| and |box diff| (pixels) after pairing each detection with the same-label reference
-    detection of (almost) the same score; ties in score may come out in either order."""
-    n = int(ours["num_detections"][image])
-    count = int(ref["det_count"][image])
-    assert n == count > 0, (n, count)
-    ref_boxes, ref_scores = ref["det_boxes"][image, :count], ref["det_scores"][image, :count]
-    ref_labels = ref["det_labels"][image, :count]
-    our_boxes = ours["boxes"][image, :n].numpy()[:, [1, 0, 3, 2]] * 300.0  # yxyx normalised -> xyxy pixels
-    our_scores, our_labels = ours["scores"][image, :n].numpy(), ours["classes"][image, :n].numpy()
-    free = np.ones(count, bool)
-    worst_score = worst_box = 0.0
-    for box, score, label in zip(our_boxes, our_scores, our_labels):
-        candidates = np.where(free & (ref_labels == label) & (np.abs(ref_scores - score) <= 1e-4))[0]
-        assert candidates.size, f"no reference detection for label {label} score {score}"
-        box_diff = np.abs(ref_boxes[candidates] - box).max(axis=1)
-        best = candidates[np.argmin(box_diff)]
-        free[best] = False
-        worst_score = max(worst_score, abs(ref_scores[best] - score))
-        worst_box = max(worst_box, box_diff.min())
-    return worst_score, worst_box
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +31,6 @@ def test_ssd300_vgg16_raw_outputs_and_detections_match_torchvision(reference):
     outdir, ref = reference
     path = str(outdir / "ssd300_vgg16.pth")
     images = ref["images"].transpose(0, 2, 3, 1)  # NCHW -> NHWC
-    xy_to_yx = [1, 0, 3, 2]  # torchvision (dx,dy,dw,dh) -> ours (dy,dx,dh,dw)
 
     # float64: proves the mapping is exact (differences are rounding only).
     keras.config.set_dtype_policy("float64")
@@ -74,7 +40,7 @@ def test_ssd300_vgg16_raw_outputs_and_detections_match_torchvision(reference):
         keras.config.set_dtype_policy("float32")
     load_torchvision_ssd300_vgg16(model64, path)
     boxes64, logits64 = (np.asarray(t) for t in model64(images[:1].astype("float64"), training=False))
-    diff64 = (np.abs(boxes64 - ref["bbox_regression64"][..., xy_to_yx]).max(),
+    diff64 = (np.abs(boxes64 - ref["bbox_regression64"][..., XY_TO_YX]).max(),
               np.abs(logits64 - ref["cls_logits64"]).max())
     print(f"\nssd_vgg16 raw parity float64: max|box diff| = {diff64[0]:.3g}, max|logit diff| = {diff64[1]:.3g}")
     assert max(diff64) <= 1e-9
@@ -83,7 +49,7 @@ def test_ssd300_vgg16_raw_outputs_and_detections_match_torchvision(reference):
     report = load_torchvision_ssd300_vgg16(model, path)
     assert report["skipped_layers"] == [] and report["ignored_keys"] == []
     boxes, logits = (np.asarray(t) for t in model(images, training=False))
-    ref_boxes, ref_logits = ref["bbox_regression"][..., xy_to_yx], ref["cls_logits"]
+    ref_boxes, ref_logits = ref["bbox_regression"][..., XY_TO_YX], ref["cls_logits"]
     scale = max(np.abs(ref_boxes).max(), np.abs(ref_logits).max())
     box_diff, logit_diff = np.abs(boxes - ref_boxes).max(), np.abs(logits - ref_logits).max()
     print(f"ssd_vgg16 raw parity float32: max|box diff| = {box_diff:.3g}, max|logit diff| = {logit_diff:.3g}, "

@@ -36,6 +36,20 @@ def randomise(module, seed):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gen))
 
 
+def calibrate_batchnorm(module, images):
+    """Set BN running statistics from one forward pass in train mode, so that eval-mode activations stay of
+    order 1 through the randomly initialised network (non-trivial statistics that exercise the BN mapping)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.momentum = 1.0
+    module.train()
+    with torch.no_grad():
+        module(images)
+    for m in bns:
+        m.momentum = 0.1
+    module.eval()
+
+
 def detections_arrays(dets):
     n = max(len(d["scores"]) for d in dets)
     out = {"det_count": np.array([len(d["scores"]) for d in dets])}
@@ -149,15 +163,17 @@ def run_resnet34(outdir):
         detections_per_img=200, topk_candidates=200,
     ).eval()
     randomise(model, 1)
-    torch.save(model.state_dict(), f"{outdir}/tv_ssd_r34.pth")
     gen = torch.Generator().manual_seed(2)
     images = torch.randn((2, 3, 300, 300), generator=gen)  # mean/std-normalised input
+    calibrate_batchnorm(model.backbone, torch.randn((2, 3, 300, 300), generator=gen))
+    torch.save(model.state_dict(), f"{outdir}/tv_ssd_r34.pth")
     features, out = head_outputs(model.backbone, model.head, images)
     anchors = model.anchor_generator(ImageList(images, [(300, 300)] * 2), features)
     with torch.no_grad():
         dets = model.postprocess_detections(out, anchors, [(300, 300)] * 2)
     ref = MlperfRefSSD(81).eval()
     randomise(ref, 3)
+    calibrate_batchnorm(ref, torch.randn((2, 3, 300, 300), generator=gen))
     torch.save(ref.state_dict(), f"{outdir}/mlperf_ref.pth")
     with torch.no_grad():
         ref_locs, ref_confs = ref(images)
