@@ -5,7 +5,7 @@ with their annotations) -> `create_coco_tfrecord` as a user runs it. Prints JSON
 
 Reports the whole command's wall clock (Python start-up included), the converter's own phases (JSON
 parse + checks, shard writing), images/s and MB/s, the peak RSS of the process tree (sum over the
-converter and its workers, sampled from /proc every 10 ms; getrusage's max over single processes too),
+converter and its workers of PSS, sampled from /proc every 10 ms; getrusage's max over single processes too),
 and the raw limit: one process reading the same image bytes and loading the JSON.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def raw_limit(image_dir: pathlib.Path, ann_file: pathlib.Path) -> float:
 
 
 def _tree_rss(pid: int) -> int:
-    """Sum of VmRSS (bytes) over pid and its descendants."""
+    """Sum of PSS (bytes) over pid and its descendants (VmRSS would count copy-on-write pages N times)."""
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -83,9 +83,9 @@ def _tree_rss(pid: int) -> int:
     while stack:
         p = stack.pop()
         stack += children.get(p, [])
-        try:
-            with open(f"/proc/{p}/status") as f:
-                m = re.search(r"VmRSS:\s+(\d+) kB", f.read())
+        try:  # PSS: pages shared by the forked workers with the parent are counted once in the sum
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                m = re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M)
             total += int(m.group(1)) * 1024 if m else 0
         except OSError:
             pass
@@ -118,7 +118,7 @@ def run_converter(image_dir, ann_file, out_prefix, num_processes, num_shards) ->
         raise SystemExit(f"converter failed ({proc.returncode}):\n{err[-3000:]}")
     m = re.search(r"timing: parse ([\d.]+) s, write ([\d.]+) s", err)
     return {"wall_s": wall, "parse_s": float(m.group(1)) if m else None, "write_s": float(m.group(2)) if m else None,
-            "peak_rss_tree_mb": peak[0] / 2**20, "cpu_s": cpu}
+            "peak_pss_tree_mb": peak[0] / 2**20, "cpu_s": cpu}
 
 
 def main():
@@ -153,7 +153,7 @@ def main():
             "images_per_s_conversion": round(args.num_images / phase, 1) if phase else None,
             "raw_limit_s": round(raw, 3), "raw_images_per_s": round(args.num_images / raw, 1),
             "conversion_vs_raw": round(raw / phase, 3) if phase else None,
-            "peak_rss_tree_mb": round(r["peak_rss_tree_mb"], 1),
+            "peak_pss_tree_mb": round(r["peak_pss_tree_mb"], 1),
             "max_single_process_rss_mb": round(usage, 1),
         }
         print(json.dumps(result, indent=1))
