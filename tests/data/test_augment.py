@@ -53,7 +53,7 @@ def test_geometric_boxes_follow_their_rectangles(name):
     img = _colour_image()
     boxes = np.array([_norm(RED_BOX), _norm(BLUE_BOX)], np.float32)
     extras = {"classes": tf.constant([1, 2]), "is_crowd": tf.constant([False, True])}
-    fn = tf.function(lambda seed: A.augment_example(img, boxes, seed, recipe, extras=extras))
+    fn = tf.function(autograph=False, func=lambda seed: A.augment_example(img, boxes, seed, recipe, extras=extras))
     checked = 0
     for i in range(10):
         out, b, ex = fn(tf.constant([7, i], tf.int64))
@@ -91,7 +91,7 @@ def test_full_recipe_keeps_boxes_on_the_rectangle(preset):
     img = np.zeros((H, W, 3), np.uint8)
     img[WHITE_BOX[0]:WHITE_BOX[2], WHITE_BOX[1]:WHITE_BOX[3]] = 255
     boxes = np.array([_norm(WHITE_BOX)], np.float32)
-    fn = tf.function(lambda seed: A.augment_example(img, boxes, seed, recipe))
+    fn = tf.function(autograph=False, func=lambda seed: A.augment_example(img, boxes, seed, recipe))
     kept = 0
     for i in range(12):
         out, b, _ = fn(tf.constant([11, i], tf.int64))
@@ -127,10 +127,10 @@ def test_crop_constraints(variant):
     rng = np.random.default_rng(0)
     frame_hw = (300.0, 500.0)
     if variant == "mlperf":
-        fn = tf.function(lambda s, b: A.sample_mlperf_crop(s, b))
+        fn = tf.function(autograph=False, func=lambda s, b: A.sample_mlperf_crop(s, b))
         modes = {-math.inf, 0.1, 0.3, 0.5, 0.7, 0.9}
     else:
-        fn = tf.function(lambda s, b: A.sample_ssd_crop(s, b, frame_hw))
+        fn = tf.function(autograph=False, func=lambda s, b: A.sample_ssd_crop(s, b, frame_hw))
         modes = {0.0, 0.1, 0.3, 0.5, 0.7, 0.9}
     seen, uncropped, n = set(), 0, 160
     for i in range(n):
@@ -192,7 +192,7 @@ def test_photometric_range_and_grey_fixed_point(kind):
     pixels = tf.constant(rng.uniform(0, 255, (500, 3)).astype(np.float32))
     grey = tf.constant(np.repeat(rng.uniform(0, 255, (50, 1)), 3, 1).astype(np.float32))
     op = A.color_jitter if kind == "mlperf" else A.photometric_distort
-    fn = tf.function(lambda p, s: op(p, s))
+    fn = tf.function(autograph=False, func=lambda p, s: op(p, s))
     changed = 0
     for i in range(20):
         out = fn(pixels, tf.constant([5, i])).numpy()
