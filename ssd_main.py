@@ -215,8 +215,8 @@ def run(cfg) -> dict:
 
     if cfg.train.precision in ("fp16", "bf16"):
         keras.mixed_precision.set_global_policy("mixed_float16" if cfg.train.precision == "fp16" else "mixed_bfloat16")
+    strategy = make_strategy(cfg)  # before any other TF op: multi-worker setup fails once TF has started
     keras.utils.set_random_seed(cfg.train.seed)
-    strategy = make_strategy(cfg)
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.train.train_batch_size * replicas
     task = SSDTask(cfg, global_batch_size=global_batch)

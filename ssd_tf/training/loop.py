@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf.distribute.strategy import chief_or_temp_dir, is_chief, remove_temp_dir
 from ssd_tf.training import progress
 
 
@@ -42,19 +43,6 @@ class LoopOptions:
     precision: str = "fp32"
 
 
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "cluster_spec", None):
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    if not spec:
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if "chief" in spec:
-        return task_type == "chief"
-    return task_type in (None, "worker") and (task_id or 0) == 0
-
-
 class Trainer:
     """Owns model, optimizer, step counter and checkpoints for one run."""
 
@@ -65,11 +53,10 @@ class Trainer:
         self.strategy = strategy
         self.options = options
         self.log = log_fn
-        self.is_chief = _is_chief(strategy)
+        self.is_chief = is_chief(strategy)
         self.model_dir = model_dir
-        # Non-chief workers write to a private temporary directory (their copies are identical).
-        self.write_dir = model_dir if self.is_chief else os.path.join(
-            model_dir, ".tmp_worker", str(getattr(strategy.cluster_resolver, "task_id", 0)))
+        # Every worker saves (saving has collectives); non-chief workers into a temporary directory.
+        self.write_dir = chief_or_temp_dir(model_dir, strategy)
         with strategy.scope():
             self.model = task.build_model()
             self.optimizer = make_optimizer()
@@ -82,8 +69,10 @@ class Trainer:
                                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.global_step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
-                                                  max_to_keep=options.keep_checkpoints, step_counter=self.global_step)
-        restored = self.manager.latest_checkpoint
+                                                  max_to_keep=options.keep_checkpoints if self.is_chief else 1,
+                                                  step_counter=self.global_step)
+        # Every worker resumes from the chief's checkpoints (the model directory is shared).
+        restored = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
         if restored:
             self.checkpoint.restore(restored).expect_partial()
             self.log(f"Restored {restored} (step {int(self.global_step.numpy())})")
@@ -219,6 +208,8 @@ class Trainer:
                 self._evaluate(evaluate, step, logger)
         finally:
             logger.close()
+            if not self.is_chief:
+                remove_temp_dir(self.write_dir, self.strategy)
         return last_losses
 
     def _evaluate(self, evaluate, step, logger):
