@@ -85,3 +85,6 @@ def test_validates_arguments():
     with pytest.raises(ValueError, match="max_detections"):
         ssd_postprocess(tf.zeros([1, 4, 4]), tf.zeros([1, 4, 3]), ANCHORS[:4], score_threshold=0.1,
                         iou_threshold=0.5, max_candidates_per_class=2, max_detections=0)
+    with pytest.raises(ValueError, match="score_threshold"):
+        ssd_postprocess(tf.zeros([1, 4, 4]), tf.zeros([1, 4, 3]), ANCHORS[:4], score_threshold=-0.1,
+                        iou_threshold=0.5, max_candidates_per_class=2, max_detections=1)
