@@ -134,7 +134,9 @@ def assign_state_dict(model, state, mapping, *, skip_layers=(), ignore_keys=(), 
             try:
                 value = transform(state[key])
             except WeightImportError as err:
-                errors.append(f"tensor {key!r} shape {tuple(state[key].shape)}: {err}")
+                errors.append(
+                    f"shape mismatch: {key!r} {tuple(state[key].shape)} vs {target.path} {tuple(target.shape)} ({err})"
+                )
                 continue
             if tuple(value.shape) != tuple(target.shape):
                 errors.append(
