@@ -187,13 +187,14 @@ def build_ssd_dataset(file_pattern, *, preset, batch_size, is_training, class_id
 
     def _finish(image, boxes, extras, labels):
         num = tf.minimum(tf.shape(boxes)[0], max_boxes)
+        if anchors is not None:  # on the unpadded boxes: an [A, n] IoU matrix instead of [A, max_boxes]
+            box_t, cls_t, num_pos = ssd_targets(boxes[:max_boxes], extras["classes"][:max_boxes], num, anchors,
+                                                **MATCHING[preset])
         labels["boxes"] = _pad(boxes, max_boxes)
         for key, value in extras.items():
             labels[key] = _pad(value, max_boxes, False if value.dtype == tf.bool else 0)
         labels["num_boxes"] = num
         if anchors is not None:
-            box_t, cls_t, num_pos = ssd_targets(labels["boxes"], labels["classes"], num, anchors,
-                                                **MATCHING[preset])
             labels.update(box_targets=box_t, class_targets=cls_t, num_positives=num_pos)
         image = tf.ensure_shape(normalize_image(image, preset), [IMAGE_SIZE[0], IMAGE_SIZE[1], 3])
         return image, labels
