@@ -1,8 +1,13 @@
 """Shared test fixtures: where the real datasets live, and a clean TF/Keras state."""
 import os
 import pathlib
+import sys
 
 import pytest
+
+# torch's optional triton backend bundles an LLVM that clashes with TensorFlow's in one process (segfault on
+# torch.optim / torch._dynamo, in either import order). The CPU paths the parity tests use don't need triton.
+sys.modules.setdefault("triton", None)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
