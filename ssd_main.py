@@ -184,8 +184,10 @@ def make_strategy(cfg):
     cluster = cluster_lib.resolve_cluster(worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
                                           rank_table_file=FLAGS.rank_table_file, rank_id=FLAGS.rank_id,
                                           base_port=FLAGS.base_port)
+    if FLAGS.collective_timeout is not None and FLAGS.collective_timeout <= 0:
+        raise UsageError(f"--collective_timeout must be positive seconds, got {FLAGS.collective_timeout}")
     return strategy_lib.make_strategy(cfg.runtime.strategy, num_devices=cfg.runtime.num_devices or None,
-                                      cluster=cluster)
+                                      cluster=cluster, collective_timeout_seconds=FLAGS.collective_timeout)
 
 
 def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict) -> None:
@@ -261,7 +263,21 @@ def run(cfg) -> dict:
     except loop.TrainingDiverged as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(3)
+    _dump_weights(trainer.model, strategy)
     return getattr(trainer, "last_eval", {})
+
+
+def _dump_weights(model, strategy) -> None:
+    """Debug aid (tests of multi-worker runs): SSD_TF_DUMP_WEIGHTS=path.npz, "{rank}" in it -> the worker index;
+    every process writes all its model weights (trainable and BN moving statistics) by variable path."""
+    path = os.environ.get("SSD_TF_DUMP_WEIGHTS")
+    if not path:
+        return
+    import numpy as np
+    from ssd_tf.distribute.strategy import worker_index
+
+    path = path.replace("{rank}", str(worker_index(strategy)))
+    np.savez(path, **{w.path: np.asarray(w.numpy()) for w in model.weights})
 
 
 def load_backbone_weights(model, path: str) -> None:

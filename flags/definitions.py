@@ -81,6 +81,10 @@ def define_distribute_flags():
     flags.DEFINE_string("rank_table_file", None, "Ascend-style rank table JSON; this process is RANK_ID / --rank_id.")
     flags.DEFINE_integer("rank_id", None, "Rank in the rank table (default: $RANK_ID).")
     flags.DEFINE_integer("base_port", 29500, "Worker port = base_port + rank for rank tables and SLURM.")
+    flags.DEFINE_float("collective_timeout", None, "multi_worker: seconds after which a collective (all-reduce, "
+                       "broadcast) that has not completed fails instead of hanging, e.g. when a worker died. Must "
+                       "exceed the chief's longest pause between steps (evaluation, checkpoint) and the first "
+                       "step's tracing. Default: no timeout.")
 
 
 def define_all():
