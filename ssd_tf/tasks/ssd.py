@@ -28,7 +28,12 @@ class SSDTask:
         kwargs = {}
         if self.cfg.model.width_multiplier != 1.0:
             kwargs["width_multiplier"] = self.cfg.model.width_multiplier
-        return build_model(self.cfg.model.name, num_classes=self.cfg.model.num_classes, **kwargs)
+        model = build_model(self.cfg.model.name, num_classes=self.cfg.model.num_classes, **kwargs)
+        if self.cfg.runtime.sync_batchnorm:
+            n = synchronize_batchnorm(model)
+            self.log(f"sync_batchnorm: {n} BatchNormalization layers use statistics of the global batch"
+                     if n else "sync_batchnorm: the model has no BatchNormalization layer (nothing to synchronise)")
+        return model
 
     # --- data -------------------------------------------------------------------------------------
     def build_train_dataset(self, input_context: tf.distribute.InputContext | None, start_step: int = 0):
@@ -150,6 +155,20 @@ class SSDTask:
                                    use_07_metric=use_07)
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
+
+
+def synchronize_batchnorm(model) -> int:
+    """Make every BatchNormalization layer of `model` (nested ones too) compute its batch mean and variance over
+    all replicas of the strategy (Keras' `synchronized=True`, read at call time; TF backend only). Call before
+    the first training step traces. Returns how many layers were switched."""
+    import keras
+
+    n = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            n += 1
+    return n
 
 
 def _replicas_per_pipeline(input_context) -> int:
