@@ -65,10 +65,12 @@ class SSDTask:
         if "box_targets" in labels:
             box_targets, class_targets = labels["box_targets"], labels["class_targets"]
         else:
+            from ssd_tf.data.pipeline import MATCHING
             from ssd_tf.ops.targets import ssd_targets_batched
 
             box_targets, class_targets, _ = ssd_targets_batched(labels["boxes"], labels["classes"],
-                                                                labels["num_boxes"], self.anchors)
+                                                                labels["num_boxes"], self.anchors,
+                                                                **MATCHING[self.cfg.model.name])
         return ssd_loss(tf.cast(box_regression, tf.float32), tf.cast(class_logits, tf.float32), box_targets,
                         class_targets, normalization=self.cfg.train.loss_normalization)
 

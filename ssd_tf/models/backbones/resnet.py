@@ -49,6 +49,8 @@ def basic_block(x, filters, stride, name):
 
 def scaled_channels(channels, width_multiplier):
     """Channel count times the width multiplier (at least 8); 1.0 leaves the reference model untouched."""
+    if not width_multiplier > 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
     if width_multiplier == 1.0:
         return channels
     return max(8, int(round(channels * width_multiplier)))
