@@ -263,8 +263,43 @@ def run(cfg) -> dict:
     except loop.TrainingDiverged as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(3)
+    except _collective_errors() as e:
+        if not _is_multi_worker(strategy):
+            raise
+        from ssd_tf.distribute.strategy import worker_index
+
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        print(f"ERROR: worker {worker_index(strategy)}: a collective operation with the other workers failed "
+              f"({type(e).__name__}: {_collective_reason(e)}). Another worker died, stopped responding, or kept "
+              f"this one waiting longer than --collective_timeout. Restart all workers: they resume from "
+              f"{latest or 'step 0 (no checkpoint yet)'}.", file=sys.stderr, flush=True)
+        raise SystemExit(4)
     _dump_weights(trainer.model, strategy)
     return getattr(trainer, "last_eval", {})
+
+
+def _collective_errors():
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.AbortedError)
+
+
+def _is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _collective_reason(error) -> str:
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines() if line.strip()]
+    for key in ("timed out", "unhealthy", "aborted by", "Connection", "Socket"):
+        for line in lines:
+            if key in line:
+                return line[:300]
+    return lines[-1][:300] if lines else ""
 
 
 def _dump_weights(model, strategy) -> None:
