@@ -16,15 +16,19 @@
 #                     is written to $LOG_DIR/rank_table_<RANK_SIZE>p.json
 #   LOG_DIR           per-rank logs: $LOG_DIR/D<rank>/train.log and .../pid (default: ./training beside this script)
 #   ACCELERATOR       auto (default) | gpu | npu | cpu: how each rank is pinned to the table's device_id:
-#                     gpu -> CUDA_VISIBLE_DEVICES, npu -> ASCEND_DEVICE_ID and DEVICE_ID, cpu -> not pinned.
-#                     auto: gpu if `nvidia-smi -L` lists a GPU, npu if /dev/davinci0 exists, else cpu
+#                     gpu -> CUDA_VISIBLE_DEVICES, npu -> ASCEND_DEVICE_ID, cpu -> not pinned (every rank sees the
+#                     whole CPU). auto: gpu if `nvidia-smi -L` lists a GPU, npu if /dev/davinci0 exists, else cpu.
+#                     Every rank also gets RANK_ID, RANK_SIZE (ranks in the table) and DEVICE_ID in its environment
 #   RUN_TIMEOUT       seconds; when set and exceeded, every rank is stopped and the script exits 124
 #   POLL_SECONDS      how often the ranks are checked (default 1)
+#   TAIL_LINES        lines of a failed rank's log printed (default 40)
 #   PYTHON            interpreter (default: python of the environment set up by scripts/ensure_env.sh)
 #   TF_CONFIG         ignored by the ranks (unset for them): the rank table defines the cluster
 #
-# Exit status: 0 when every rank exits 0. When a rank fails, the others are stopped (SIGTERM, then SIGKILL after
-# 10 s), the failing rank's log tail is printed and the script exits with that rank's status (1 if it was 0).
+# Exit status: 0 when every rank exits 0. When a rank fails, the log tail of every rank found failed in the same
+# check is printed, the others are stopped (SIGTERM, then SIGKILL after 10 s) and the script exits with the
+# status of the lowest failed rank (128+N: killed by signal N; ssd_main exits 2 on a usage error, 3 when the loss
+# diverged, 4 when a collective with the other workers failed).
 # Ctrl-C / SIGTERM stop every rank too: no rank outlives the script.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
@@ -133,25 +137,30 @@ start=$SECONDS
 remaining=${#PIDS[@]}
 declare -A DONE=()
 while [ "$remaining" -gt 0 ]; do
+  failed=()  # "rank:pid:status" of every rank found failed in this round (a dead rank often takes others down)
   for i in "${!PIDS[@]}"; do
     pid="${PIDS[$i]}"
     [ -n "${DONE[$pid]:-}" ] && continue
     kill -0 "$pid" 2>/dev/null && continue
     rc=0; wait "$pid" || rc=$?
     DONE[$pid]=1; remaining=$((remaining - 1))
-    rank="${RANKS[$i]}"
-    if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -ne 0 ]; then failed+=("${RANKS[$i]}:$pid:$rc"); else echo "run_8p.sh: rank ${RANKS[$i]} finished"; fi
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    for f in "${failed[@]}"; do
+      IFS=: read -r rank pid rc <<<"$f"
       log="$LOG_DIR/D$rank/train.log"
       {
-        echo "run_8p.sh: rank $rank (pid $pid) failed with exit status $rc; stopping the other ranks."
-        echo "----- last 40 lines of $log -----"
-        tail -n 40 "$log" || true
+        echo "run_8p.sh: rank $rank (pid $pid) failed with exit status $rc$([ "$rc" -gt 128 ] && echo " (signal $((rc - 128)))")"
+        echo "----- last ${TAIL_LINES:-40} lines of $log -----"
+        tail -n "${TAIL_LINES:-40}" "$log" || true
         echo "----- end of rank $rank log -----"
       } >&2
-      exit "$rc"
-    fi
-    echo "run_8p.sh: rank $rank finished"
-  done
+    done
+    echo "run_8p.sh: stopping the other ranks" >&2
+    IFS=: read -r _ _ rc <<<"${failed[0]}"
+    exit "$rc"
+  fi
   if [ -n "${RUN_TIMEOUT:-}" ] && [ $((SECONDS - start)) -ge "$RUN_TIMEOUT" ]; then
     echo "run_8p.sh: RUN_TIMEOUT=${RUN_TIMEOUT}s exceeded with $remaining rank(s) running; stopping them" >&2
     exit 124
