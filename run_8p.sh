@@ -25,10 +25,13 @@
 #   PYTHON            interpreter (default: python of the environment set up by scripts/ensure_env.sh)
 #   TF_CONFIG         ignored by the ranks (unset for them): the rank table defines the cluster
 #
-# Exit status: 0 when every rank exits 0. When a rank fails, the log tail of every rank found failed in the same
-# check is printed, the others are stopped (SIGTERM, then SIGKILL after 10 s) and the script exits with the
-# status of the lowest failed rank (128+N: killed by signal N; ssd_main exits 2 on a usage error, 3 when the loss
-# diverged, 4 when a collective with the other workers failed).
+#   FAIL_GRACE        after a rank failed, seconds the others get to exit by themselves (they then log why,
+#                     e.g. "a collective operation with the other workers failed") before they are stopped (15)
+#
+# Exit status: 0 when every rank exits 0. When a rank fails, the log tail of every failed rank is printed (the
+# first failure first), the ranks still running are stopped (SIGTERM, then SIGKILL after 10 s) and the script
+# exits with the status of the first failure (128+N: killed by signal N; ssd_main exits 2 on a usage error, 3
+# when the loss diverged, 4 when a collective with the other workers failed).
 # Ctrl-C / SIGTERM stop every rank too: no rank outlives the script.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
@@ -46,6 +49,7 @@ die() { echo "run_8p.sh: $*" >&2; exit 2; }
 [[ "$RANK_SIZE" =~ ^[1-9][0-9]*$ ]] || die "RANK_SIZE must be a positive integer, got '$RANK_SIZE'"
 [[ "$RANK_START" =~ ^[0-9]+$ ]] || die "RANK_START must be a non-negative integer, got '$RANK_START'"
 [ -z "${RUN_TIMEOUT:-}" ] || [[ "$RUN_TIMEOUT" =~ ^[0-9]+$ ]] || die "RUN_TIMEOUT must be whole seconds, got '$RUN_TIMEOUT'"
+[[ "${FAIL_GRACE:-15}" =~ ^[0-9]+$ ]] || die "FAIL_GRACE must be whole seconds, got '$FAIL_GRACE'"
 
 table="${RANK_TABLE_FILE:-}"
 for arg in "$@"; do
@@ -135,9 +139,10 @@ done <<<"$plan"
 
 start=$SECONDS
 remaining=${#PIDS[@]}
+failed=()        # "rank:pid:status" in the order the failures were seen
 declare -A DONE=()
-while [ "$remaining" -gt 0 ]; do
-  failed=()  # "rank:pid:status" of every rank found failed in this round (a dead rank often takes others down)
+reap() {  # collect every rank that has exited since the last call
+  local i pid rc
   for i in "${!PIDS[@]}"; do
     pid="${PIDS[$i]}"
     [ -n "${DONE[$pid]:-}" ] && continue
@@ -146,7 +151,13 @@ while [ "$remaining" -gt 0 ]; do
     DONE[$pid]=1; remaining=$((remaining - 1))
     if [ "$rc" -ne 0 ]; then failed+=("${RANKS[$i]}:$pid:$rc"); else echo "run_8p.sh: rank ${RANKS[$i]} finished"; fi
   done
+}
+while [ "$remaining" -gt 0 ]; do
+  reap
   if [ ${#failed[@]} -gt 0 ]; then
+    # Give the other ranks FAIL_GRACE seconds to notice and exit with their own error message.
+    grace_end=$((SECONDS + ${FAIL_GRACE:-15}))
+    while [ "$remaining" -gt 0 ] && [ "$SECONDS" -lt "$grace_end" ]; do sleep 0.5; reap; done
     for f in "${failed[@]}"; do
       IFS=: read -r rank pid rc <<<"$f"
       log="$LOG_DIR/D$rank/train.log"
@@ -157,8 +168,8 @@ while [ "$remaining" -gt 0 ]; do
         echo "----- end of rank $rank log -----"
       } >&2
     done
-    echo "run_8p.sh: stopping the other ranks" >&2
-    IFS=: read -r _ _ rc <<<"${failed[0]}"
+    IFS=: read -r rank _ rc <<<"${failed[0]}"
+    echo "run_8p.sh: rank $rank failed first; stopping the $remaining rank(s) still running" >&2
     exit "$rc"
   fi
   if [ -n "${RUN_TIMEOUT:-}" ] && [ $((SECONDS - start)) -ge "$RUN_TIMEOUT" ]; then
