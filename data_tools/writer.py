@@ -52,6 +52,7 @@ import shutil
 import struct
 import sys
 import time
+from collections.abc import Sequence
 
 from data_tools.records import ConversionError, ImageRecord, SkipReport
 from ssd_tf.data import example as ex
@@ -283,13 +284,37 @@ def _box_where(record: ImageRecord, j: int, obj) -> str:
 
 # ----------------------------------------------------------------------------------------------- shards
 
+class _Fingerprint:
+    """Hash of everything that decides shard k's bytes: options, its records, their files' size + mtime.
+
+    Fed one record at a time (`add`, in shard order), so a worker hashes each record as it writes it.
+    """
+
+    def __init__(self, k: int, file_stats, excluded, options: dict):
+        self.k, self.file_stats, self.excluded, self.num_shards = k, file_stats, excluded, options["num_shards"]
+        self.h = hashlib.sha256(json.dumps(dict(options, shard=k), sort_keys=True).encode())
+
+    def add(self, i: int, rec: ImageRecord) -> None:
+        self.h.update(pickle.dumps((i, _record_state(rec), self.file_stats[i], i in self.excluded), protocol=4))
+
+    def hexdigest(self) -> str:
+        n, k = self.num_shards, self.k
+        self.h.update(repr(sorted(e for e in self.excluded if isinstance(e, tuple) and e[0] % n == k)).encode())
+        return self.h.hexdigest()
+
+
+def _record_state(rec: ImageRecord) -> tuple:
+    """An ImageRecord as plain tuples (pickled ~5x faster than the dataclasses)."""
+    return (rec.image_path, rec.source_id, rec.filename, rec.height, rec.width, rec.where,
+            [(o.xmin, o.ymin, o.xmax, o.ymax, o.label, o.text, o.is_crowd, o.difficult, o.truncated, o.area, o.where)
+             for o in rec.objects])
+
+
 def _shard_fingerprint(records, k: int, file_stats, excluded, options: dict) -> str:
-    """Hash of everything that decides shard k's bytes: options, its records, their files' size + mtime."""
-    h = hashlib.sha256(json.dumps(dict(options, shard=k), sort_keys=True).encode())
-    idx = range(k, len(records), options["num_shards"])
-    h.update(pickle.dumps([(i, records[i], file_stats[i], i in excluded) for i in idx], protocol=4))
-    h.update(repr(sorted(e for e in excluded if isinstance(e, tuple) and e[0] % options["num_shards"] == k)).encode())
-    return h.hexdigest()
+    fp = _Fingerprint(k, file_stats, excluded, options)
+    for i in range(k, len(records), options["num_shards"]):
+        fp.add(i, records[i])
+    return fp.hexdigest()
 
 
 # Worker state (set before the pool forks or by the pool initializer).
@@ -301,8 +326,9 @@ def _init_worker(state):
     _STATE.update(state)
 
 
-def _example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, skip):
-    """Read, check and encode image i -> serialized tf.train.Example, or None when the image is skipped."""
+def _example_parts(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, skip):
+    """Read, check and encode image i -> serialized tf.train.Example as byte chunks (the image bytes are one
+    of them, not copied), or None when the image is skipped."""
     try:
         data, fmt, width, height, reencoded = _read_image(rec.image_path, verify)
     except _ImageProblem as e:
@@ -340,11 +366,40 @@ def _example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict,
     stats["images_without_objects"] += not xmin
     stats["formats"][fmt] = stats["formats"].get(fmt, 0) + 1
     stats["reencoded_images"] += reencoded
-    return b"".join(ex.encode_example_parts(
+    return ex.encode_example_parts(
         encoded=data, image_format=fmt, height=height, width=width, source_id=rec.source_id,
         filename=rec.filename, sha256=hashlib.sha256(data).hexdigest(), xmin=xmin, ymin=ymin, xmax=xmax,
         ymax=ymax, labels=labels, texts=texts, is_crowd=crowd, area=area, difficult=difficult,
-        truncated=truncated))
+        truncated=truncated)
+
+
+def _example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, skip):
+    """`_example_parts` joined (None when the image is skipped)."""
+    parts = _example_parts(i, rec, verify, excluded, stats, skip)
+    return None if parts is None else b"".join(parts)
+
+
+def _write_record(fd: int, parts: list) -> list:
+    """Append one record given as chunks, framed, with one writev (small chunks joined, big ones such as
+    the image bytes not copied); returns the framed chunks [header, header CRC, *parts, footer]."""
+    framed = frame_parts(parts)
+    iov, small = [], []
+    for p in framed:
+        if len(p) >= 4096:
+            if small:
+                iov.append(b"".join(small))
+                small = []
+            iov.append(p)
+        else:
+            small.append(p)
+    if small:
+        iov.append(b"".join(small))
+    total = sum(map(len, iov))
+    written = os.writev(fd, iov)
+    while written < total:  # short write (rare on regular files): write the rest
+        rest = b"".join(iov)[written:]
+        written += os.write(fd, rest)
+    return framed
 
 
 def _write_shard(k: int) -> dict:
@@ -364,9 +419,10 @@ def _write_shard(k: int) -> dict:
             raise ConversionError(f"{where}: {reason} (--strict turns skips into errors)")
         stats["skipped"].append([i, j, kind, where, reason])
 
+    fp = _Fingerprint(k, st["file_stats"], excluded, opts)
     try:
-        fingerprint = _shard_fingerprint(records, k, st["file_stats"], excluded, opts)
-        with open(tmp, "wb") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
             for i in range(k, len(records), num_shards):
                 if delay:
                     time.sleep(delay)
@@ -374,16 +430,18 @@ def _write_shard(k: int) -> dict:
                 if pending >= 16:
                     _tick(pending)
                     pending = 0
+                rec = records[i]
+                fp.add(i, rec)
                 if i in excluded:
                     continue
-                payload = _example_bytes(i, records[i], verify, excluded, stats, skip)
-                if payload is None:
+                parts = _example_parts(i, rec, verify, excluded, stats, skip)
+                if parts is None:
                     continue
-                header, header_crc, _, footer = frame_parts([payload])
-                out.write(header + header_crc)
-                out.write(payload)
-                out.write(footer)
-                framing_crc = crc32c_extend(framing_crc, header + header_crc + footer)
+                framed = _write_record(fd, parts)
+                framing_crc = crc32c_extend(framing_crc, framed[0] + framed[1] + framed[-1])
+        finally:
+            os.close(fd)
+        fingerprint = fp.hexdigest()
     except BaseException:
         try:
             os.remove(tmp)
@@ -496,14 +554,19 @@ def _reusable(final: str, marker: str, fingerprint: str):
 
 def convert(records, *, output_prefix: str, num_shards: int, num_processes: int, label_map: dict,
             skips: SkipReport, source: dict, verify_images: str | None = None, progress: bool = True) -> dict:
-    """Write `records` (list of ImageRecord) as `{output_prefix}-NNNNN-of-MMMMM.tfrecord` shards + sidecar.
+    """Write `records` as `{output_prefix}-NNNNN-of-MMMMM.tfrecord` shards + sidecar.
+
+    records: ImageRecords, as a list or any sequence that builds them on access (e.g. the COCO parser's
+    compact `CocoRecords`: each worker then builds only its own shard's records, one at a time); any
+    other iterable is turned into a list.
 
     label_map: {dataset id: name} in dataset order. skips: the parser's SkipReport (its `strict` applies
     to the writer too; the writer's skips are appended to it). source: free-form description of the
     input, copied into the sidecar. verify_images: "header" | "full" (None: the --verify_images flag
     when defined and parsed, else "header"). num_processes 0 means one per CPU. Returns the sidecar dict.
     """
-    records = list(records)
+    if not isinstance(records, Sequence):
+        records = list(records)
     if not output_prefix:
         raise ValueError("output_prefix must be a non-empty path prefix")
     if not isinstance(num_shards, int) or num_shards < 1:
