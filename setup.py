@@ -14,6 +14,7 @@ RUNTIME = [
     "defusedxml==0.7.1",
     "tqdm==4.70.1",
     "google-crc32c==1.9.0",  # TFRecord CRCs in the converters without importing TensorFlow
+    "msgspec==0.22.0",  # COCO converter: decodes only the fields it uses (flat memory, ~5x faster than json)
 ]
 
 EXTRAS = {
