@@ -88,6 +88,10 @@ def build_config():
             raise UsageError(f"--num_classes={values['num_classes']} but the checkpoints in {FLAGS.model_dir} have "
                              f"{saved.model.num_classes} classes")
         cfg.override(section, **values)
+    if FLAGS.mode != "eval" and cfg.runtime.sync_batchnorm and cfg.train.xla:
+        raise UsageError("--sync_batchnorm cannot be combined with --xla: the BatchNorm all-reduces would sit inside "
+                         "the XLA-compiled forward/backward function, which tf.distribute rejects (merge_call in a "
+                         "nested tf.function); drop one of the two")
     return cfg
 
 
