@@ -34,9 +34,10 @@ def records(tmp_path_factory):
     d = tmp_path_factory.mktemp("shapes")
     _py("-m", "data_tools.make_shapes_dataset", f"--output_dir={d}/shapes", "--num_train=16", "--num_val=4",
         "--seed=3")
-    _py("-m", "data_tools.create_coco_tfrecord", f"--image_dir={d}/shapes/train",
-        f"--object_annotations_file={d}/shapes/annotations/instances_train.json",
-        f"--output_file_prefix={d}/tf/train", "--num_shards=1", "--num_processes=1")
+    for split in ("train", "val"):
+        _py("-m", "data_tools.create_coco_tfrecord", f"--image_dir={d}/shapes/{split}",
+            f"--object_annotations_file={d}/shapes/annotations/instances_{split}.json",
+            f"--output_file_prefix={d}/tf/{split}", "--num_shards=1", "--num_processes=1")
     return f"{d}/tf/train-*.tfrecord"
 
 
@@ -127,6 +128,9 @@ def _assert_only_chief_wrote(model_dir: pathlib.Path, search_root: pathlib.Path,
 def test_two_ranks_match_one_process(records, tmp_path):
     """RANK_SIZE=2 bash run_8p.sh (per-device batch 2, --sync_batchnorm) vs one process with batch 4.
 
+    The 2-rank run is train_and_eval with an evaluation after step 2: only the chief evaluates, and worker 1,
+    blocked in step 3's all-reduce meanwhile, carries on (evaluation changes neither weights nor data order).
+
     Same data: the training set is ONE TFRecord file, so the pipeline shards by record (worker p reads records
     p, p+2, ...); with --shuffle_buffer=1 and --augmentation=none, worker 0's step-k batch is records {4k, 4k+2}
     and worker 1's is {4k+1, 4k+3}: together exactly the one-process batch {4k..4k+3}. With the per-image loss
@@ -147,8 +151,10 @@ def test_two_ranks_match_one_process(records, tmp_path):
     common = TINY + ["--mode=train", f"--training_file_pattern={records}", "--train_steps=3",
                      "--checkpoint_every_steps=2"]
     t0 = time.perf_counter()
+    val = records.replace("train-", "val-")
     proc = _run_8p([*common, f"--model_dir={model_2p}", "--train_batch_size=2", "--sync_batchnorm",
-                    f"--base_port={_free_base_port()}"],
+                    f"--base_port={_free_base_port()}", "--mode=train_and_eval", f"--validation_file_pattern={val}",
+                    "--eval_every_epochs=0.5", "--eval_batch_size=4"],
                    _env(RANK_SIZE=2, RANK_TABLE_FILE=table, LOG_DIR=logs, RUN_TIMEOUT=200,
                         SSD_TF_DUMP_WEIGHTS=tmp_path / "w2p_{rank}.npz"))
     single = subprocess.Popen([sys.executable, "ssd_main.py", *common, f"--model_dir={model_1p}",
@@ -165,6 +171,11 @@ def test_two_ranks_match_one_process(records, tmp_path):
     assert "2 replica(s), global batch 4, 3 steps" in log0
     assert "step 3/3" in log0 and "step 3/3" in log1
     assert "sync_batchnorm: 29 BatchNormalization layers" in log0
+    # chief-only evaluation, mid-training (step 2) and at the end; the worker neither evaluates nor stalls
+    assert "Eval results at step 2" in log0 and "Eval results at step 3" in log0
+    assert "Eval results" not in log1 and "Evaluated" not in log1
+    assert json.loads((model_2p / "eval_results.json").read_text())["step"] == 3
+    assert not (logs / "eval_results.json").exists()
 
     # the workers hold the same model, bit for bit: trainable weights and (sync BN) the moving statistics
     w0, w1 = np.load(tmp_path / "w2p_0.npz"), np.load(tmp_path / "w2p_1.npz")
