@@ -71,9 +71,10 @@ if msgspec is not None:
     class _Coco(msgspec.Struct, gc=False):
         images: Optional[List[_Img]] = None
         categories: Optional[List[_Cat]] = None
-        annotations: Optional[List[_Ann]] = []
+        annotations: Optional[List[msgspec.Raw]] = []  # each decoded on its own: the structs never pile up
 
     _DECODER = msgspec.json.Decoder(_Coco)
+    _ANN_DECODER = msgspec.json.Decoder(_Ann)
 else:  # pragma: no cover
     import types
 
@@ -97,15 +98,20 @@ def load_json(path: str):
         raise ConversionError(f"{path}: not UTF-8 text ({e})") from e
 
 
-def _load_coco(path: str):
-    """-> _Coco: lists of _Cat/_Img/_Ann (an element that is not a JSON object is kept as it is, for the checks).
+class _Fallback(Exception):
+    """msgspec did not accept the input: parse it again with the standard library."""
 
-    msgspec decodes the whole file in one C pass into the structs above (unknown keys such as
+
+def _load_coco(path: str, fast: bool):
+    """-> _Coco: lists of _Cat/_Img and _Ann (or, fast, msgspec.Raw views of the annotations, decoded one
+    at a time by the caller); an element that is not a JSON object is kept as it is, for the checks.
+
+    fast: msgspec decodes the whole file in one C pass into the structs above (unknown keys such as
     `segmentation` are skipped without building Python objects). Anything it does not accept (malformed
     JSON, non-UTF-8, NaN literals, a wrongly typed list) goes through the standard library parser, whose
     result the same checks then see, so every error message is the same as before.
     """
-    if msgspec is not None:
+    if fast and msgspec is not None:
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -200,16 +206,21 @@ def parse_coco(annotations_file: str, image_dir: str, *, skips: SkipReport, skip
     """
     was_enabled = gc.isenabled()
     gc.disable()
+    first_skip = len(skips.entries)
     try:
-        return _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids)
+        try:
+            return _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids, True)
+        except _Fallback:  # an annotation msgspec does not accept: start again with the standard library
+            del skips.entries[first_skip:]
+            return _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids, False)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids):
+def _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids, fast):
     path = annotations_file
-    data = _load_coco(path)
+    data = _load_coco(path, fast)
     for key in ("images", "categories"):
         if not isinstance(getattr(data, key), list):
             raise ConversionError(f"{path}: '{key}' must be a list (is it a COCO instances file?)")
@@ -258,7 +269,14 @@ def _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids)
     labels, crowds, areas, has_area, ann_ids, ann_ns = array("q"), array("b"), array("d"), array("b"), [], array("q")
     dropped_crowd = 0
     num = _NUMBER_TYPES
+    raw_type = msgspec.Raw if msgspec is not None else None
     for n, ann in enumerate(annotations):
+        if type(ann) is raw_type:
+            try:
+                ann = _ANN_DECODER.decode(ann)
+            except msgspec.MsgspecError as e:
+                raise _Fallback() from e
+            annotations[n] = None  # the JSON text stays in the file buffer; nothing else accumulates
         if type(ann) is not _Ann:
             raise ConversionError(f"{path}: annotations[{n}]: expected an object")
         bbox, area, crowd = ann.bbox, ann.area, ann.iscrowd

@@ -379,26 +379,23 @@ def _example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict,
     return None if parts is None else b"".join(parts)
 
 
+def _biggest(parts: list) -> int:
+    sizes = list(map(len, parts))
+    return sizes.index(max(sizes))
+
+
 def _write_record(fd: int, parts: list) -> list:
-    """Append one record given as chunks, framed, with one writev (small chunks joined, big ones such as
-    the image bytes not copied); returns the framed chunks [header, header CRC, *parts, footer]."""
-    framed = frame_parts(parts)
-    iov, small = [], []
-    for p in framed:
-        if len(p) >= 4096:
-            if small:
-                iov.append(b"".join(small))
-                small = []
-            iov.append(p)
-        else:
-            small.append(p)
-    if small:
-        iov.append(b"".join(small))
-    total = sum(map(len, iov))
-    written = os.writev(fd, iov)
-    while written < total:  # short write (rare on regular files): write the rest
-        rest = b"".join(iov)[written:]
-        written += os.write(fd, rest)
+    """Append one record given as chunks, framed, with one writev: the chunks before and after the
+    biggest one (the image bytes, not copied) are joined, so the CRC sees three buffers. Returns the
+    framed chunks [header, header CRC, before, image, after, footer]."""
+    j = _biggest(parts)
+    framed = frame_parts([b"".join(parts[:j]), parts[j], b"".join(parts[j + 1:])])
+    total = sum(map(len, framed))
+    written = os.writev(fd, framed)
+    if written < total:  # short write (rare on regular files): write the rest
+        rest = memoryview(b"".join(framed))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
     return framed
 
 

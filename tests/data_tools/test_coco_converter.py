@@ -186,3 +186,74 @@ def test_cli_script_module_and_console_script(tmp_path):
     r = subprocess.run(runs["script"] + flags + ["--strict", f"--output_file_prefix={tmp_path / 's' / 'x'}"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 1 and "annotation id 2" in r.stderr and "zero-size box" in r.stderr
+
+
+def _records_as_tuples(records):
+    return [(r.image_path, r.source_id, r.filename, r.height, r.width, r.where,
+             [(float(o.xmin), float(o.ymin), float(o.xmax), float(o.ymax), o.label, o.text, o.is_crowd,
+               None if o.area is None else float(o.area), o.where) for o in r.objects]) for r in records]
+
+
+def test_fast_decoder_and_stdlib_fallback_agree(tmp_path, monkeypatch):
+    """msgspec (fields we use only) and json.loads give the same records and skips, whatever the JSON holds."""
+    from data_tools import create_coco_tfrecord as cc
+
+    anns = [_ann(1, segmentation=[[1.5, 2, 3, 4, 5, 6]]), _ann("a7", iscrowd=1.0, area=None),
+            _ann(None, bbox=[0.25, 1e-3, 2**40, 7], segmentation={"counts": "x},{y", "size": [10, 10]}),
+            _ann(4, category_id=9), _ann(5, image_id=3), _ann(6, image_id=2, caption="]}, {\"id\": 1}")]
+    anns[1].pop("area")
+    images = [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10, "license": 3},
+              {"id": 2, "file_name": "b.jpg"}]
+    path = _write(tmp_path, _coco(images=images, annotations=anns, categories=[{"id": 1, "name": "cat"}]))
+    fast_skips = SkipReport()
+    fast, label_map, info = parse_coco(path, "imgs", skips=fast_skips)
+    assert type(fast).__name__ == "CocoRecords" and len(fast) == 2
+    monkeypatch.setattr(cc, "_DECODER", None)  # no .decode: AttributeError is no MsgspecError, so patch _load
+    monkeypatch.setattr(cc, "msgspec", None)
+    slow_skips = SkipReport()
+    slow, label_map2, info2 = parse_coco(path, "imgs", skips=slow_skips)
+    assert _records_as_tuples(fast) == _records_as_tuples(slow) and len(fast[0].objects) == 3
+    assert (label_map, info) == (label_map2, info2) and fast_skips.entries == slow_skips.entries
+    assert [o.where.split(" (")[0].rsplit(" ", 1)[1] for o in fast[0].objects] == ["1", "a7", "None"]
+    assert fast[0].objects[1].is_crowd is True and fast[0].objects[1].area is None
+    assert fast[0].objects[2].xmax == 0.25 + 2**40 and fast[1].height is None and fast[1:][0].filename == "b.jpg"
+
+
+def test_input_msgspec_rejects_falls_back_to_json(tmp_path):
+    """NaN / out-of-range numbers (json.loads reads them), a non-object annotation: same result or message as
+    before; skips found before the fallback are not reported twice."""
+    text = json.dumps(_coco(annotations=[_ann(1, category_id=5), _ann(2)]))
+    out_of_range = text.replace('"bbox": [1, 1, 3, 3], "area": 9, "iscrowd": 0}]', '"bbox": [1, 1e400, 3, 3]}]')
+    nan = text.replace('"annotations"', '"info": NaN, "annotations"')
+    assert "1e400" in out_of_range and "NaN" in nan
+    for variant in (out_of_range, nan):  # msgspec rejects one annotation / the whole file
+        skips = SkipReport()
+        records, _, _ = parse_coco(_write(tmp_path, variant), str(tmp_path), skips=skips)
+        assert [e["reason"] for e in skips.entries] == ["unknown category_id 5 (not in 'categories')"]
+        assert records[0].objects[0].ymin == (float("inf") if variant is out_of_range else 1)
+    path = _write(tmp_path, _coco(annotations=[_ann(1), 7]))
+    with pytest.raises(ConversionError, match=r"ann.json: annotations\[1\]: expected an object"):
+        parse_coco(path, str(tmp_path), skips=SkipReport())
+    path = _write(tmp_path, '{"images": [], "categories": []}\n\n  ,')
+    with pytest.raises(ConversionError, match=r"ann.json: malformed JSON at line 3 column 3: Extra data"):
+        parse_coco(path, str(tmp_path), skips=SkipReport())
+
+
+def test_writer_takes_coco_records_lazily_and_lists_alike(tmp_path):
+    from PIL import Image
+
+    for i in range(5):
+        Image.new("RGB", (10, 10), (i * 40, 9, 9)).save(tmp_path / f"{i}.jpg")
+    images = [{"id": i + 1, "file_name": f"{i}.jpg", "height": 10, "width": 10} for i in range(5)]
+    path = _write(tmp_path, _coco(images=images, annotations=[_ann(i + 1, image_id=i % 5 + 1) for i in range(9)]))
+    records, label_map, info = parse_coco(path, str(tmp_path), skips=SkipReport())
+    metas = {}
+    for kind, recs in (("lazy", records), ("list", list(records)), ("generator", (r for r in records))):
+        metas[kind] = writer.convert(recs, output_prefix=str(tmp_path / kind / "x"), num_shards=2, num_processes=2,
+                                     label_map=label_map, skips=SkipReport(), source=info, progress=False)
+    files = [f"x-0000{k}-of-00002.tfrecord" for k in range(2)] + ["x.meta.json"]
+    for kind in ("list", "generator"):
+        assert metas[kind] == metas["lazy"]
+        for name in files:
+            assert (tmp_path / kind / name).read_bytes() == (tmp_path / "lazy" / name).read_bytes()
+    assert metas["lazy"]["num_objects"] == 9
