@@ -93,6 +93,7 @@ class SSDTask:
         params = self.postprocess_params()
 
         @tf.function
+        @tf.autograph.experimental.do_not_convert
         def predict(images):
             box_regression, class_logits = model(images, training=False)
             return ssd_postprocess(tf.cast(box_regression, tf.float32), tf.cast(class_logits, tf.float32),
