@@ -399,10 +399,14 @@ def _write_record(fd: int, parts: list) -> list:
     return framed
 
 
-def _write_shard(k: int) -> dict:
-    """Write shard k of _STATE's job; returns its stats (also written to the done-marker)."""
+def _write_shard(task: tuple) -> dict:
+    """Write shard k of _STATE's job; returns its stats (also written to the done-marker).
+
+    task: (k, excluded: the shard's image indices i and (i, j) box pairs left out by the checks,
+    file_stats: {i: (size, mtime_ns)} of its images)."""
+    k, excluded, file_stats = task
     st = _STATE
-    records, opts, excluded = st["records"], st["options"], st["excluded"]
+    records, opts = st["records"], st["options"]
     num_shards, verify, strict = opts["num_shards"], opts["verify_images"], st["strict"]
     final = shard_path(st["prefix"], k, num_shards)
     tmp = os.path.join(st["work_dir"], os.path.basename(final) + ".incomplete")
@@ -416,7 +420,7 @@ def _write_shard(k: int) -> dict:
             raise ConversionError(f"{where}: {reason} (--strict turns skips into errors)")
         stats["skipped"].append([i, j, kind, where, reason])
 
-    fp = _Fingerprint(k, st["file_stats"], excluded, opts)
+    fp = _Fingerprint(k, file_stats, excluded, opts)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
@@ -479,13 +483,47 @@ def scan_shard(path: str) -> tuple:
 
 # ----------------------------------------------------------------------------------------------- checks
 
-def _precheck(records, label_map: dict, strict: bool):
-    """Cheap checks of the whole job before any shard is written.
+def _precheck_shard(k: int) -> list:
+    """The per-record part of the checks for shard k of _STATE's job (run in the workers): per image
+    (source id key, where, (size, mtime_ns) or None, [(j, kind, where, reason)]), or (None, type name) for
+    something that is not an ImageRecord. Nothing is raised here, so errors come out in record order."""
+    st = _STATE
+    records, label_map, strict = st["records"], st["label_map"], st["strict"]
+    out = []
+    for i in range(k, len(records), st["options"]["num_shards"]):
+        rec = records[i]
+        if not isinstance(rec, ImageRecord):
+            out.append((None, type(rec).__name__, None, None))
+            continue
+        where, entries = rec.where or rec.image_path, []
+        try:
+            s = os.stat(rec.image_path)
+            file_stat = (s.st_size, s.st_mtime_ns)
+        except OSError as e:
+            file_stat = None
+            entries.append((-1, "image", where, f"missing image file {rec.image_path} ({e.strerror})"))
+        else:
+            for j, obj in enumerate(rec.objects):
+                if obj.label not in label_map:
+                    entries.append((j, "box", _box_where(rec, j, obj),
+                                    f"unknown category id {obj.label!r} (not in the label map)"))
+                elif strict and rec.width and rec.height:
+                    box, reason = check_box(obj, rec.width, rec.height)
+                    if box is None:
+                        entries.append((j, "box", _box_where(rec, j, obj), reason))
+        out.append((str(rec.source_id), where, file_stat, entries))
+    return out
+
+
+def _precheck(records, num_shards: int, strict: bool, shard_results: list):
+    """Cheap checks of the whole job before any shard is written, from `_precheck_shard`'s results
+    (one list per shard), applied in record order (duplicate source ids are errors).
 
     -> (excluded: set of image indices i and (i, j) box pairs, entries [[i, j, kind, where, reason]],
         file_stats [(size, mtime_ns) or None]).
     """
-    excluded, entries, file_stats, seen = set(), [], [], {}
+    excluded, entries, seen = set(), [], {}
+    file_stats = [None] * len(records)
 
     def skip(i, j, kind, where, reason):
         if strict:
@@ -493,29 +531,24 @@ def _precheck(records, label_map: dict, strict: bool):
         entries.append([i, j, kind, where, reason])
         excluded.add(i if j < 0 else (i, j))
 
-    for i, rec in enumerate(records):
-        if not isinstance(rec, ImageRecord):
-            raise ConversionError(f"record {i}: expected an ImageRecord, got {type(rec).__name__}")
-        where = rec.where or rec.image_path
-        key = str(rec.source_id)
+    for i in range(len(records)):
+        key, where, file_stat, rec_entries = shard_results[i % num_shards][i // num_shards]
+        if key is None:
+            raise ConversionError(f"record {i}: expected an ImageRecord, got {where}")
         if key in seen:
             raise ConversionError(f"{where}: duplicate source id {key!r} (also used by {seen[key]})")
         seen[key] = where
-        try:
-            s = os.stat(rec.image_path)
-            file_stats.append((s.st_size, s.st_mtime_ns))
-        except OSError as e:
-            file_stats.append(None)
-            skip(i, -1, "image", where, f"missing image file {rec.image_path} ({e.strerror})")
-            continue
-        for j, obj in enumerate(rec.objects):
-            if obj.label not in label_map:
-                skip(i, j, "box", _box_where(rec, j, obj), f"unknown category id {obj.label!r} (not in the label map)")
-            elif strict and rec.width and rec.height:
-                box, reason = check_box(obj, rec.width, rec.height)
-                if box is None:
-                    skip(i, j, "box", _box_where(rec, j, obj), reason)
+        file_stats[i] = file_stat
+        for j, kind, w, reason in rec_entries:
+            skip(i, j, kind, w, reason)
     return excluded, entries, file_stats
+
+
+def _shard_task(k: int, num_shards: int, excluded: set, file_stats: list) -> tuple:
+    """_write_shard's argument: shard k's part of the checks' results."""
+    idx = range(k, len(file_stats), num_shards)
+    mine = {e for e in excluded if (e if isinstance(e, int) else e[0]) % num_shards == k}
+    return k, mine, {i: file_stats[i] for i in idx}
 
 
 def _resolve_verify(verify_images):
@@ -575,49 +608,46 @@ def convert(records, *, output_prefix: str, num_shards: int, num_processes: int,
     verify = _resolve_verify(verify_images)
     strict = bool(skips.strict)
 
-    excluded, pre_entries, file_stats = _precheck(records, label_map, strict)
     options = {"format_version": FORMAT_VERSION, "num_shards": num_shards, "verify_images": verify,
                "label_map": [[int(k), str(v)] for k, v in label_map.items()]}
 
-    out_dir = os.path.dirname(os.path.abspath(output_prefix))
-    os.makedirs(out_dir, exist_ok=True)
-    work_dir = _work_dir(output_prefix)
-    os.makedirs(work_dir, exist_ok=True)
-    meta = sidecar_path(output_prefix)
-    if os.path.exists(meta):
-        os.remove(meta)  # written last: its presence means "finished"
-
-    shard_stats, todo = {}, []
-    for k in range(num_shards):
-        final = shard_path(output_prefix, k, num_shards)
-        marker = os.path.join(work_dir, os.path.basename(final) + ".done.json")
-        stats = None
-        if os.path.isfile(marker):  # fingerprints are computed here only on reruns (else in the workers)
-            stats = _reusable(final, marker, _shard_fingerprint(records, k, file_stats, excluded, options))
-        if stats is not None:
-            shard_stats[k] = stats
-            continue
-        for stale in (final, marker):
-            if os.path.exists(stale):
-                os.remove(stale)
-        todo.append(k)
-    if shard_stats:
-        print(f"reusing {len(shard_stats)} finished shard(s) of an earlier run of this job", file=sys.stderr)
+    work_dir, meta = _work_dir(output_prefix), sidecar_path(output_prefix)
 
     from tqdm import tqdm
 
-    done_before = sum(len(range(k, len(records), num_shards)) for k in shard_stats)
-    bar = tqdm(total=len(records), initial=done_before, unit="img", file=sys.stderr, disable=not progress,
+    bar = tqdm(total=len(records), unit="img", file=sys.stderr, disable=not progress,
                desc=os.path.basename(output_prefix), smoothing=0.1)
-    state = {"records": records, "options": options, "excluded": excluded, "strict": strict,
-             "prefix": output_prefix, "work_dir": work_dir, "file_stats": file_stats}
-    workers = min(num_processes or os.cpu_count() or 1, len(todo))
+    state = {"records": records, "options": options, "label_map": label_map, "strict": strict,
+             "prefix": output_prefix, "work_dir": work_dir}
+    workers = min(num_processes or os.cpu_count() or 1, num_shards)
+    todo = []
     try:
-        if workers <= 1:
-            _init_worker(dict(state, tick=bar.update))
-            results = [_write_shard(k) for k in todo]
-        else:
-            results = _run_pool(state, todo, workers, bar)
+        with _Workers(state, workers, bar.update) as pool:
+            # the checks run in the workers too (one task per shard); every shard waits for all of them
+            excluded, pre_entries, file_stats = _precheck(records, num_shards, strict,
+                                                          pool.map(_precheck_shard, range(num_shards)))
+            os.makedirs(work_dir, exist_ok=True)  # (the output directory too)
+            if os.path.exists(meta):
+                os.remove(meta)  # written last: its presence means "finished"
+            shard_stats = {}
+            for k in range(num_shards):
+                final = shard_path(output_prefix, k, num_shards)
+                marker = os.path.join(work_dir, os.path.basename(final) + ".done.json")
+                stats = None
+                if os.path.isfile(marker):  # fingerprints are computed here only on reruns (else in the workers)
+                    stats = _reusable(final, marker, _shard_fingerprint(records, k, file_stats, excluded, options))
+                if stats is not None:
+                    shard_stats[k] = stats
+                    continue
+                for stale in (final, marker):
+                    if os.path.exists(stale):
+                        os.remove(stale)
+                todo.append(k)
+            if shard_stats:
+                print(f"reusing {len(shard_stats)} finished shard(s) of an earlier run of this job", file=sys.stderr)
+                bar.update(sum(len(range(k, len(records), num_shards)) for k in shard_stats))
+            results = pool.map(_write_shard, [_shard_task(k, num_shards, excluded, file_stats) for k in todo],
+                               progress=True)
     except BaseException:
         for k in todo:  # a terminated worker leaves its temporary file behind
             tmp = os.path.join(work_dir, os.path.basename(shard_path(output_prefix, k, num_shards)) + ".incomplete")
@@ -625,7 +655,6 @@ def convert(records, *, output_prefix: str, num_shards: int, num_processes: int,
                 os.remove(tmp)
         raise
     finally:
-        _STATE.clear()
         bar.close()
     for stats in results:
         shard_stats[stats["shard"]] = stats
@@ -639,25 +668,50 @@ def convert(records, *, output_prefix: str, num_shards: int, num_processes: int,
     return sidecar
 
 
-def _run_pool(state, todo, workers, bar):
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    counter = ctx.Value("q", 0)
-    shown = 0
-    gc.freeze()  # forked workers then leave the parent's objects alone (no GC scans, no copy-on-write)
-    try:
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(dict(state, counter=counter),)) as pool:
-            result = pool.map_async(_write_shard, todo, chunksize=1)
+class _Workers:
+    """The job's worker processes (forked once, after parsing: they share the parent's records), or the
+    calling process itself when workers <= 1. `map(fn, items, progress=...)` runs fn on each item in order."""
+
+    def __init__(self, state: dict, workers: int, tick):
+        self.state, self.workers, self.tick, self.pool = state, workers, tick, None
+
+    def __enter__(self):
+        if self.workers <= 1:
+            _init_worker(dict(self.state, tick=self.tick))
+            return self
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.counter = ctx.Value("q", 0)
+        gc.freeze()  # forked workers then leave the parent's objects alone (no GC scans, no copy-on-write)
+        try:
+            self.pool = ctx.Pool(self.workers, initializer=_init_worker,
+                                 initargs=(dict(self.state, counter=self.counter),))
+        except BaseException:
+            gc.unfreeze()
+            raise
+        return self
+
+    def map(self, fn, items, progress: bool = False) -> list:
+        items = list(items)
+        if self.pool is None:
+            return [fn(x) for x in items]
+        result = self.pool.map_async(fn, items, chunksize=1)
+        if progress:  # the workers count written images in self.counter
+            shown = self.counter.value
             while not result.ready():
                 result.wait(0.1)
-                value = counter.value
-                bar.update(value - shown)
+                value = self.counter.value
+                self.tick(value - shown)
                 shown = value
-            results = result.get()
-    finally:
-        gc.unfreeze()
-    bar.update(counter.value - shown)
-    return results
+        return result.get()
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()  # as Pool's own context manager does
+            self.pool.join()
+            gc.unfreeze()
+        _STATE.clear()
+        return False
 
 
 def _tick(n):
