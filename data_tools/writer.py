@@ -196,6 +196,22 @@ def _pil_open(data: bytes):
     return Image.open(io.BytesIO(data))
 
 
+def _read_file(path: str) -> bytes:
+    """The whole file, with one read() when its size is as stat says (no Python file object)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # a short read, or the file changed size: read on to the end
+            parts = [data]
+            while parts[-1]:
+                parts.append(os.read(fd, 1 << 20))
+            data = b"".join(parts)
+    finally:
+        os.close(fd)
+    return data
+
+
 def _full_decode(data: bytes, fmt: str, why: str) -> None:
     try:
         with _pil_open(data) as im:
@@ -212,8 +228,7 @@ def _read_image(path: str, verify: str):
     decoded (data appended after a complete image is accepted, a truncated image is not).
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = _read_file(path)
     except OSError as e:
         raise _ImageProblem(f"cannot read image file: {e.strerror or e}") from e
     if not data:
@@ -327,8 +342,8 @@ def _init_worker(state):
 
 
 def _example_parts(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, skip):
-    """Read, check and encode image i -> serialized tf.train.Example as byte chunks (the image bytes are one
-    of them, not copied), or None when the image is skipped."""
+    """Read, check and encode image i -> (image bytes, serialized tf.train.Example as byte chunks, the image
+    bytes being one of them, not copied), or None when the image is skipped."""
     try:
         data, fmt, width, height, reencoded = _read_image(rec.image_path, verify)
     except _ImageProblem as e:
@@ -366,7 +381,7 @@ def _example_parts(i: int, rec: ImageRecord, verify: str, excluded, stats: dict,
     stats["images_without_objects"] += not xmin
     stats["formats"][fmt] = stats["formats"].get(fmt, 0) + 1
     stats["reencoded_images"] += reencoded
-    return ex.encode_example_parts(
+    return data, ex.encode_example_parts(
         encoded=data, image_format=fmt, height=height, width=width, source_id=rec.source_id,
         filename=rec.filename, sha256=hashlib.sha256(data).hexdigest(), xmin=xmin, ymin=ymin, xmax=xmax,
         ymax=ymax, labels=labels, texts=texts, is_crowd=crowd, area=area, difficult=difficult,
@@ -375,21 +390,20 @@ def _example_parts(i: int, rec: ImageRecord, verify: str, excluded, stats: dict,
 
 def _example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, skip):
     """`_example_parts` joined (None when the image is skipped)."""
-    parts = _example_parts(i, rec, verify, excluded, stats, skip)
-    return None if parts is None else b"".join(parts)
+    out = _example_parts(i, rec, verify, excluded, stats, skip)
+    return None if out is None else b"".join(out[1])
 
 
-def _biggest(parts: list) -> int:
-    sizes = list(map(len, parts))
-    return sizes.index(max(sizes))
-
-
-def _write_record(fd: int, parts: list) -> list:
-    """Append one record given as chunks, framed, with one writev: the chunks before and after the
-    biggest one (the image bytes, not copied) are joined, so the CRC sees three buffers. Returns the
-    framed chunks [header, header CRC, before, image, after, footer]."""
-    j = _biggest(parts)
-    framed = frame_parts([b"".join(parts[:j]), parts[j], b"".join(parts[j + 1:])])
+def _write_record(fd: int, parts: list, image: bytes) -> list:
+    """Append one record given as chunks, framed, with one writev: the chunks before and after `image`
+    (one of them, not copied) are joined, so the CRC sees three buffers. Returns the framed chunks
+    [header, header CRC, before, image, after, footer]."""
+    for j, p in enumerate(parts):
+        if p is image:
+            framed = frame_parts([b"".join(parts[:j]), image, b"".join(parts[j + 1:])])
+            break
+    else:  # pragma: no cover - the encoder always passes the image bytes through as one chunk
+        framed = frame_parts([b"".join(parts)])
     total = sum(map(len, framed))
     written = os.writev(fd, framed)
     if written < total:  # short write (rare on regular files): write the rest
@@ -435,10 +449,10 @@ def _write_shard(task: tuple) -> dict:
                 fp.add(i, rec)
                 if i in excluded:
                     continue
-                parts = _example_parts(i, rec, verify, excluded, stats, skip)
-                if parts is None:
+                out = _example_parts(i, rec, verify, excluded, stats, skip)
+                if out is None:
                     continue
-                framed = _write_record(fd, parts)
+                framed = _write_record(fd, out[1], out[0])
                 framing_crc = crc32c_extend(framing_crc, framed[0] + framed[1] + framed[-1])
         finally:
             os.close(fd)
