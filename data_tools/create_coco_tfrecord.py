@@ -9,6 +9,11 @@ The label map is the `categories` list in file order; class labels are the COCO 
 [x, y, w, h] (continuous pixels) becomes [x, y, x + w, y + h]; `area` and `iscrowd` are kept (crowd boxes
 are written with is_crowd=1 unless --skip_crowd). Images with no annotation are kept with empty lists.
 
+Memory does not grow with the JSON: data_tools.coco_stream decodes it with msgspec through a ~1 MB window
+(two passes: images and categories, then the annotations, read into compact columns, `CocoRecords`);
+segmentation polygons are never built. Input it does not handle is decoded whole (msgspec, then json.loads
+for what msgspec rejects), so every message below is unchanged.
+
 The whole JSON is validated before any image is read. Errors (ConversionError, naming the file and the
 image / annotation): malformed JSON (with line and column), missing or mistyped fields, duplicate image
 or category ids, image ids above 2^31 - 1 (int32 consumers overflow; --allow_large_ids accepts them up
@@ -37,6 +42,8 @@ INT64_MAX = 2**63 - 1
 
 try:  # fast path: decodes only the fields below (segmentation polygons are skipped in C, never built)
     import msgspec
+
+    from data_tools import coco_stream
 except ImportError:  # pragma: no cover - only without the pinned dependency (stdlib json, ~5x slower, more memory)
     msgspec = None
 
@@ -102,16 +109,39 @@ class _Fallback(Exception):
     """msgspec did not accept the input: parse it again with the standard library."""
 
 
+class _Batches:
+    """The annotations array, streamed: `make()` iterates over decoded batches (coco_stream)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        try:
+            for batch in self.make():
+                yield from batch
+        except coco_stream.Unsupported as e:  # e.g. an element that is not an object
+            raise _Fallback() from e
+
+
 def _load_coco(path: str, fast: bool):
     """-> _Coco: lists of _Cat/_Img and _Ann (or, fast, msgspec.Raw views of the annotations, decoded one
     at a time by the caller); an element that is not a JSON object is kept as it is, for the checks.
 
-    fast: msgspec decodes the whole file in one C pass into the structs above (unknown keys such as
+    fast: coco_stream decodes the file through a small window (annotations as batches, `_Batches`); if it
+    cannot, msgspec decodes the whole file in one C pass into the structs above (unknown keys such as
     `segmentation` are skipped without building Python objects). Anything it does not accept (malformed
     JSON, non-UTF-8, NaN literals, a wrongly typed list) goes through the standard library parser, whose
     result the same checks then see, so every error message is the same as before.
     """
     if fast and msgspec is not None:
+        try:
+            images, categories, annotations = coco_stream.stream_coco(path, _Img, _Cat, _Ann)
+            return _Coco(images=images, categories=categories,
+                         annotations=[] if annotations is None else _Batches(annotations))
+        except FileNotFoundError as e:
+            raise ConversionError(f"{path}: annotation file not found") from e
+        except (coco_stream.Unsupported, OSError):
+            pass
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -225,7 +255,7 @@ def _parse_coco(annotations_file, image_dir, skips, skip_crowd, allow_large_ids,
         if not isinstance(getattr(data, key), list):
             raise ConversionError(f"{path}: '{key}' must be a list (is it a COCO instances file?)")
     annotations = data.annotations
-    if not isinstance(annotations, list):
+    if not isinstance(annotations, (list, _Batches)):
         raise ConversionError(f"{path}: 'annotations' must be a list")
 
     label_map = {}

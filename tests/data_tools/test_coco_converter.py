@@ -257,3 +257,49 @@ def test_writer_takes_coco_records_lazily_and_lists_alike(tmp_path):
         for name in files:
             assert (tmp_path / kind / name).read_bytes() == (tmp_path / "lazy" / name).read_bytes()
     assert metas["lazy"]["num_objects"] == 9
+
+
+@pytest.mark.parametrize("chunk", [48, 1 << 20])  # 48 bytes: every element spans windows
+@pytest.mark.parametrize("indent", [None, 3])
+@pytest.mark.parametrize("order", ["images,annotations,categories", "categories,annotations,images",
+                                   "annotations,images,categories"])
+def test_streaming_decoder_matches_whole_file_decode(tmp_path, monkeypatch, chunk, indent, order):
+    """coco_stream (a ~1 MB window of the file) gives the same records and skips as decoding the whole
+    file, with `},` / `}]` inside strings and nested objects, any key order, pretty-printed or not."""
+    from data_tools import coco_stream
+    from data_tools import create_coco_tfrecord as cc
+
+    tricky = 'a "}, {\\"id\\": 5}]" b \\\\"}]'
+    anns = [_ann(1, segmentation=[[1.5, 2, 3, 4, 5, 6]], caption=tricky),
+            _ann(2, image_id=2, iscrowd=1, segmentation={"counts": "x},{y}]", "size": [10, 10]}),
+            _ann(3, category_id=7, bbox=[1e-3, 2.5e2, 3, 4]), _ann(4, image_id=9),
+            _ann(5, image_id=3, extra=[{"a": {"b": []}}, {}], area=None)]
+    parts = {"images": [{"id": 1, "file_name": "},{x}].jpg", "height": 10, "width": 10},
+                        {"id": 2, "file_name": "é.jpg", "note": {"k": "}]"}}, {"id": 3, "file_name": "c.jpg"}],
+             "annotations": anns, "categories": [{"id": 7, "name": "}, x"}, {"id": 1, "name": "cat"}]}
+    data = {"info": {"description": "}, {", "v": [1, {"x": "]"}]}, "type": "instances", "empty": [], "n": None}
+    data.update((k, parts[k]) for k in order.split(","))
+    data["licenses"] = [{"id": 1, "name": "}]"}]
+    path = _write(tmp_path, json.dumps(data, indent=indent, ensure_ascii=False))
+
+    streamed = []
+    real = coco_stream.stream_coco
+    monkeypatch.setattr(coco_stream, "CHUNK", chunk)
+    monkeypatch.setattr(coco_stream, "_TAIL", chunk // 4)
+    monkeypatch.setattr(coco_stream, "stream_coco", lambda *a: streamed.append(1) or real(*a))
+    results = []
+    for mode in ("stream", "whole", "stdlib"):
+        if mode == "whole":
+            monkeypatch.setattr(coco_stream, "stream_coco", lambda *a: (_ for _ in ()).throw(coco_stream.Unsupported()))
+        if mode == "stdlib":
+            monkeypatch.setattr(cc, "msgspec", None)
+        skips = SkipReport()
+        records, label_map, _ = parse_coco(path, "imgs", skips=skips)
+        results.append((_records_as_tuples(records), label_map, skips.entries))
+    assert streamed and results[0] == results[1] == results[2]
+    assert [len(r[6]) for r in results[0][0]] == [2, 1, 1] and len(results[0][2]) == 1
+    # and it really streamed: the parse did not fall back to the whole file
+    monkeypatch.setattr(cc, "msgspec", __import__("msgspec"))
+    images, categories, annotations = real(path, cc._Img, cc._Cat, cc._Ann)
+    assert [i.file_name for i in images][0] == "},{x}].jpg" and [c.name for c in categories][0] == "}, x"
+    assert [a.id for batch in annotations() for a in batch] == [1, 2, 3, 4, 5]
