@@ -166,7 +166,10 @@ def bench_runtime(preset, pattern, class_ids, names, batch, steps, work, bare_st
     opts = loop.LoopOptions(total_steps=steps + 2, steps_per_loop=1, log_every_steps=1, checkpoint_every_steps=0)
     trainer = loop.Trainer(task, strategy, os.path.join(work, f"rt_{preset}"),
                            lambda: MomentumSGD(1e-4, momentum=0.9, weight_decay=5e-4), opts, log_fn=lines.append)
-    trainer.train()
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # the runtime's log lines; stdout carries only the JSON
+        trainer.train()
     with open(os.path.join(work, f"rt_{preset}", "summaries", "train_log.jsonl")) as f:
         records = [json.loads(l) for l in f]
     step_times = [r["step_time"] for r in records[2:]]  # the first two include tracing
