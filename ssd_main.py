@@ -185,9 +185,12 @@ def make_strategy(cfg):
     from ssd_tf.distribute import cluster as cluster_lib
     from ssd_tf.distribute import strategy as strategy_lib
 
-    cluster = cluster_lib.resolve_cluster(worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
-                                          rank_table_file=FLAGS.rank_table_file, rank_id=FLAGS.rank_id,
-                                          base_port=FLAGS.base_port)
+    try:
+        cluster = cluster_lib.resolve_cluster(worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
+                                              rank_table_file=FLAGS.rank_table_file, rank_id=FLAGS.rank_id,
+                                              base_port=FLAGS.base_port)
+    except cluster_lib.ClusterConfigError as e:  # a bad rank table / TF_CONFIG: say what, no traceback
+        raise UsageError(str(e)) from None
     if FLAGS.collective_timeout is not None and FLAGS.collective_timeout <= 0:
         raise UsageError(f"--collective_timeout must be positive seconds, got {FLAGS.collective_timeout}")
     return strategy_lib.make_strategy(cfg.runtime.strategy, num_devices=cfg.runtime.num_devices or None,

@@ -78,3 +78,11 @@ def test_missing_label_map_file(records):
     r, s = _main("--mode=train", f"--model_dir={records}/m", f"--training_file_pattern={records}/train-*",
                  f"--label_map={records}/labels.txt", "--train_steps=1")
     _assert_fails(r, s, "labels.txt")
+
+
+def test_bad_rank_table(records):
+    table = records / "rank_table.json"
+    table.write_text("{not json")
+    r, s = _main("--mode=train", f"--model_dir={records}/m", f"--training_file_pattern={records}/train-*",
+                 "--train_steps=1", f"--rank_table_file={table}", "--rank_id=0")
+    _assert_fails(r, s, "rank_table.json")
