@@ -54,7 +54,7 @@ python ssd_main.py --mode=train_and_eval --model=ssd_resnet34 \
   --val_json_file="$WORK/shapes/annotations/instances_val.json" \
   --model_dir="$WORK/model" \
   --width_multiplier="${DEMO_WIDTH:-0.25}" --train_batch_size="${DEMO_BATCH:-16}" \
-  --num_epochs="${DEMO_EPOCHS:-10}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16 \
+  --num_epochs="${DEMO_EPOCHS:-13}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16 \
   --warmup_epochs=0.5 --eval_every_epochs=0 --checkpoint_every_steps=150 --log_every_steps=25 \
   --steps_per_loop=25 --eval_batch_size=16 "$@"
 echo "Demo finished in $(( $(date +%s) - start )) s; results: $WORK/model/eval_results.json"
