@@ -407,18 +407,12 @@ def main(argv):
     f = flags.FLAGS
     if f.include_masks:
         raise SystemExit("--include_masks is not supported: this converter writes boxes only")
-    try:
-        sidecar = convert_coco(image_dir=f.image_dir, object_annotations_file=f.object_annotations_file,
-                               strict=f.strict, skip_crowd=f.skip_crowd, allow_large_ids=f.allow_large_ids,
-                               output_file_prefix=f.output_file_prefix, num_shards=f.num_shards,
-                               num_processes=f.num_processes, verify_images=f.verify_images)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {sidecar['num_images']} images, {sidecar['num_objects']} objects in {len(sidecar['shards'])} "
-          f"shards; skipped {sidecar['skipped_counts'] or 'nothing'}; see {writer.sidecar_path(f.output_file_prefix)}",
-          file=sys.stderr)
-    return 0
+    return writer.run_conversion(
+        lambda: convert_coco(image_dir=f.image_dir, object_annotations_file=f.object_annotations_file,
+                             strict=f.strict, skip_crowd=f.skip_crowd, allow_large_ids=f.allow_large_ids,
+                             output_file_prefix=f.output_file_prefix, num_shards=f.num_shards,
+                             num_processes=f.num_processes, verify_images=f.verify_images),
+        f.output_file_prefix)
 
 
 def run():

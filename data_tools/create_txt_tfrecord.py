@@ -225,16 +225,13 @@ def main(argv):
     for name in ("anno_path", "image_dir", "label_map"):
         if not getattr(f, name):
             raise app.UsageError(f"--{name} is required")
-    try:
-        meta = convert_txt(anno_path=f.anno_path, image_dir=f.image_dir, label_map=f.label_map,
-                           output_file_prefix=f.output_file_prefix, fmt=f.format, strict=f.strict,
-                           num_shards=f.num_shards, num_processes=f.num_processes, verify_images=f.verify_images)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {meta['num_images']} images, {meta['num_objects']} objects in {len(meta['shards'])} shards; "
-          f"skipped {meta['skipped_counts'] or 'nothing'}; see {f.output_file_prefix}.meta.json", file=sys.stderr)
-    return 0
+    from data_tools import writer
+
+    return writer.run_conversion(
+        lambda: convert_txt(anno_path=f.anno_path, image_dir=f.image_dir, label_map=f.label_map,
+                            output_file_prefix=f.output_file_prefix, fmt=f.format, strict=f.strict,
+                            num_shards=f.num_shards, num_processes=f.num_processes, verify_images=f.verify_images),
+        f.output_file_prefix)
 
 
 def run():

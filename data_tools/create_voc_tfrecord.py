@@ -363,18 +363,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
-        meta = convert_voc(output_file_prefix=f.output_file_prefix, data_dir=f.data_dir, years=f.year,
-                           set_name=f.set, annotations_dir=f.annotations_dir, images_dir=f.images_dir,
-                           set_file=f.set_file, label_map=f.label_map, pixel_convention=f.pixel_convention,
-                           strict=f.strict, num_shards=f.num_shards, num_processes=f.num_processes,
-                           verify_images=f.verify_images)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {meta['num_images']} images, {meta['num_objects']} objects in {len(meta['shards'])} shards; "
-          f"skipped {meta['skipped_counts'] or 'nothing'}; see {f.output_file_prefix}.meta.json", file=sys.stderr)
-    return 0
+    from data_tools import writer
+
+    return writer.run_conversion(
+        lambda: convert_voc(output_file_prefix=f.output_file_prefix, data_dir=f.data_dir, years=f.year,
+                            set_name=f.set, annotations_dir=f.annotations_dir, images_dir=f.images_dir,
+                            set_file=f.set_file, label_map=f.label_map, pixel_convention=f.pixel_convention,
+                            strict=f.strict, num_shards=f.num_shards, num_processes=f.num_processes,
+                            verify_images=f.verify_images),
+        f.output_file_prefix)
 
 
 def run():

@@ -812,3 +812,21 @@ def output_kwargs_from_flags() -> dict:
     f = flags.FLAGS
     return {"output_prefix": f.output_file_prefix, "num_shards": f.num_shards,
             "num_processes": f.num_processes, "verify_images": f.verify_images}
+
+
+def run_conversion(convert_call, output_file_prefix: str) -> int:
+    """CLI tail shared by the converters: runs `convert_call()`, prints its one-line summary (or the
+    ConversionError) to stderr and returns the process exit code (0, or 1 on bad input)."""
+    import sys
+
+    from data_tools.records import ConversionError
+
+    try:
+        sidecar = convert_call()
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {sidecar['num_images']} images, {sidecar['num_objects']} objects in {len(sidecar['shards'])} "
+          f"shards; skipped {sidecar['skipped_counts'] or 'nothing'}; see {sidecar_path(output_file_prefix)}",
+          file=sys.stderr)
+    return 0
