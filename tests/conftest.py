@@ -27,3 +27,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared_data)
+
+
+_CLUSTER_ENV = ("TF_CONFIG", "RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE", "SLURM_PROCID")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_cluster_env():
+    """Each test starts without a cluster description in the environment and cannot leak one (a TF_CONFIG
+    left by an in-process strategy test would turn every later ssd_main subprocess into a cluster member)."""
+    saved = {k: os.environ.pop(k, None) for k in _CLUSTER_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
