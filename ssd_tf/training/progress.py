@@ -5,7 +5,6 @@ import json
 import math
 import os
 import sys
-import time
 
 
 def format_duration(seconds: float) -> str:
@@ -80,12 +79,3 @@ class ProgressLogger:
         if self._jsonl is not None:
             self._jsonl.close()
 
-
-class Stopwatch:
-    def __init__(self):
-        self.t = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self.t = now - self.t, now
-        return dt
