@@ -9,7 +9,6 @@ import glob
 import json
 import math
 import os
-import re
 import sys
 
 from absl import app
@@ -19,8 +18,6 @@ from flags import definitions
 
 definitions.define_all()
 FLAGS = flags.FLAGS
-
-_SHARD_RE = re.compile(r"-\d{5}-of-\d{5}\.tfrecord$")
 
 # flag name -> (config section, field); a flag left at None keeps the preset's value
 _OVERRIDES = {
@@ -103,12 +100,12 @@ def _match(pattern: str, flag: str) -> list:
 
 
 def _sidecar_for(files: list) -> dict | None:
-    for f in files:
-        prefix = _SHARD_RE.sub("", f)
-        for candidate in (prefix + ".meta.json",):
-            if os.path.exists(candidate):
-                with open(candidate) as fh:
-                    return json.load(fh)
+    """The first converter sidecar found beside the shards (label map, image count)."""
+    from ssd_tf.data.shards import sidecars_for
+
+    for path in sidecars_for(files).values():
+        with open(path) as fh:
+            return json.load(fh)
     return None
 
 

@@ -24,7 +24,6 @@ import sys
 if __package__ in (None, ""):  # `python data_tools/inspect_tfrecord.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_SHARD = re.compile(r"^(.*)-\d{5}-of-\d{5}\.tfrecord$")
 MAX_SIZE_BINS = 20
 
 
@@ -37,13 +36,13 @@ def list_files(pattern: str) -> list:
 
 def sidecar_class_names(files) -> dict:
     """{id: name} from the `{prefix}.meta.json` sidecars of the shards' prefixes (those that exist)."""
+    from ssd_tf.data.shards import sidecars_for
+
     names = {}
-    for prefix in sorted({m.group(1) for m in (_SHARD.match(f) for f in files) if m}):
-        path = prefix + ".meta.json"
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                for entry in json.load(f).get("label_map", []):
-                    names.setdefault(int(entry["id"]), str(entry["name"]))
+    for _, path in sorted(sidecars_for(files).items()):
+        with open(path, encoding="utf-8") as f:
+            for entry in json.load(f).get("label_map", []):
+                names.setdefault(int(entry["id"]), str(entry["name"]))
     return names
 
 

@@ -56,6 +56,7 @@ from collections.abc import Sequence
 
 from data_tools.records import ConversionError, ImageRecord, SkipReport
 from ssd_tf.data import example as ex
+from ssd_tf.data.shards import shard_path, sidecar_path  # noqa: F401  (part of the writer's API)
 
 FORMAT_VERSION = 1
 VERIFY_MODES = ("header", "full")
@@ -126,14 +127,6 @@ def read_records(path: str):
                 raise ConversionError(f"{path}: record {index} data truncated or CRC mismatch")
             yield data
             index += 1
-
-
-def shard_path(prefix: str, index: int, num_shards: int) -> str:
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def sidecar_path(prefix: str) -> str:
-    return f"{prefix}.meta.json"
 
 
 def _work_dir(prefix: str) -> str:

@@ -14,13 +14,13 @@ import glob
 import io
 import json
 import os
-import re
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 # Re-exported: the team interface lists detections_to_coco beside evaluate_coco.
+from ssd_tf.data import shards
 from ssd_tf.evaluation.export import CocoDetectionAccumulator, detections_to_coco, write_coco_results  # noqa: F401
 
 BACKENDS = ("faster", "pycocotools")
@@ -43,7 +43,6 @@ _SUMMARY_LINES = (
     ("Average Recall     (AR)", "0.50:0.95", "medium", 100),
     ("Average Recall     (AR)", "0.50:0.95", "large", 100),
 )
-_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}(\.tfrecord)?$")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,13 +220,11 @@ def _label_map_dict(label_map: Any) -> dict[int, str] | None:
 
 
 def _sidecar_for(files: Sequence[str]) -> str | None:
-    """The converter's `{prefix}.meta.json` beside `{prefix}-00000-of-0000N.tfrecord` shards, if present."""
-    prefixes = {_SHARD_SUFFIX.sub("", f) for f in files}
-    if len(prefixes) == 1:
-        path = prefixes.pop() + ".meta.json"
-        if os.path.isfile(path):
-            return path
-    return None
+    """The converter's `{prefix}.meta.json` beside `{prefix}-00000-of-0000N.tfrecord` shards, when all the
+    files share one prefix and its sidecar exists."""
+    if len({shards.shard_prefix(f) for f in files}) != 1:
+        return None
+    return next(iter(shards.sidecars_for(files).values()), None)
 
 
 def _iter_gt_records(files: Sequence[str]) -> Iterable[dict]:
