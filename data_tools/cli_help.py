@@ -19,3 +19,12 @@ def expose_flags_in_help(module_name: str) -> None:
     main = sys.modules.get("__main__")
     if main is not None and not main.__doc__:
         main.__doc__ = getattr(sys.modules.get(module_name), "__doc__", None)
+
+
+def define_flag(kind: str, name: str, *args, **kwargs) -> None:
+    """`flags.<kind>(name, ...)` unless a flag of that name exists already (tools imported together share
+    it, and defining a tool's flags twice is harmless)."""
+    from absl import flags
+
+    if name not in flags.FLAGS:
+        getattr(flags, kind)(name, *args, **kwargs)

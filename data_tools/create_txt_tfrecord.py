@@ -206,9 +206,7 @@ def define_flags():
     """The converter's flags plus the writer's output flags (idempotent; shared names defined once)."""
     from data_tools import writer
 
-    def define(kind, name, *args, **kwargs):
-        if name not in flags.FLAGS:
-            getattr(flags, kind)(name, *args, **kwargs)
+    from data_tools.cli_help import define_flag as define
 
     define("DEFINE_string", "anno_path", None, "Annotation file (text lines, or keras-retinanet CSV with --format=csv).")
     define("DEFINE_string", "image_dir", None, "Folder the image paths of the annotation file are relative to.")

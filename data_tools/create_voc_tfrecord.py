@@ -341,9 +341,7 @@ def define_flags():
     """The converter's flags plus the writer's output flags (idempotent; shared names defined once)."""
     from data_tools import writer
 
-    def define(kind, name, *args, **kwargs):
-        if name not in flags.FLAGS:
-            getattr(flags, kind)(name, *args, **kwargs)
+    from data_tools.cli_help import define_flag as define
 
     define("DEFINE_string", "data_dir", None, "VOCdevkit root (the folder holding VOC2007/, VOC2012/, BCCD/, ...).")
     define("DEFINE_list", "year", ["VOC2007"], "Year folder(s) under --data_dir, merged: VOC2007,VOC2012 or BCCD.")

@@ -167,11 +167,7 @@ def render_examples(pattern: str, num: int, output_dir: str) -> list:
 
 
 def define_flags():
-    from absl import flags
-
-    def define(kind, name, *args, **kwargs):
-        if name not in flags.FLAGS:
-            getattr(flags, kind)(name, *args, **kwargs)
+    from data_tools.cli_help import define_flag as define
 
     define("DEFINE_string", "input_pattern", None, "Glob of the TFRecord files, e.g. 'out/train-*.tfrecord'.")
     define("DEFINE_boolean", "json", False, "Print the counts as one JSON object instead of text.")

@@ -242,11 +242,7 @@ def main(argv):
 
 def define_flags():
     """Defines the flags (idempotent; a name another tool already defined is shared)."""
-    from absl import flags
-
-    def define(kind, name, *args, **kwargs):
-        if name not in flags.FLAGS:
-            getattr(flags, kind)(name, *args, **kwargs)
+    from data_tools.cli_help import define_flag as define
 
     define("DEFINE_string", "output_dir", None, "Where to write train/, val/, annotations/.")
     define("DEFINE_integer", "num_train", 1000, "Training images.", lower_bound=0)
