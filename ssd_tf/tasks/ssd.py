@@ -103,7 +103,7 @@ class SSDTask:
 
     def evaluate(self, model) -> dict:
         """Runs the validation set through the model and scores it (COCO or VOC)."""
-        e, d = self.cfg.eval, self.cfg.data
+        e = self.cfg.eval
         t0 = time.perf_counter()
         predict = self.predict_fn(model)
         dataset = self.build_eval_dataset()

@@ -54,7 +54,6 @@ class Trainer:
         self.options = options
         self.log = log_fn
         self.is_chief = is_chief(strategy)
-        self.model_dir = model_dir
         # Every worker saves (saving has collectives); non-chief workers into a temporary directory.
         self.write_dir = chief_or_temp_dir(model_dir, strategy)
         with strategy.scope():
@@ -78,7 +77,6 @@ class Trainer:
             self.log(f"Restored {restored} (step {int(self.global_step.numpy())})")
         elif init_fn is not None:
             init_fn(self.model)
-        self.restored_from = restored
         self._train_loop = None
 
     # ----------------------------------------------------------------------------------------------
@@ -136,7 +134,7 @@ class Trainer:
             lr = lr(opt.iterations)
         return float(np.asarray(lr))
 
-    def _save(self, force: bool = False) -> Optional[str]:
+    def _save(self) -> Optional[str]:
         step = int(self.global_step.numpy())
         if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
             return self.manager.latest_checkpoint
