@@ -15,7 +15,6 @@ Counting parses the tf.train.Example protos without decoding images; rendering d
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -28,7 +27,9 @@ MAX_SIZE_BINS = 20
 
 
 def list_files(pattern: str) -> list:
-    files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    from ssd_tf.data.shards import expand_pattern
+
+    files = expand_pattern(pattern)
     if not files:
         raise FileNotFoundError(f"--input_pattern {pattern!r} matches no file")
     return files
@@ -36,13 +37,12 @@ def list_files(pattern: str) -> list:
 
 def sidecar_class_names(files) -> dict:
     """{id: name} from the `{prefix}.meta.json` sidecars of the shards' prefixes (those that exist)."""
-    from ssd_tf.data.shards import sidecars_for
+    from ssd_tf.data.label_map import sidecar_label_map, sidecars_of
 
     names = {}
-    for _, path in sorted(sidecars_for(files).items()):
-        with open(path, encoding="utf-8") as f:
-            for entry in json.load(f).get("label_map", []):
-                names.setdefault(int(entry["id"]), str(entry["name"]))
+    for path, sidecar in sidecars_of(files).items():
+        for class_id, name in sidecar_label_map(sidecar, path).items():
+            names.setdefault(class_id, name)
     return names
 
 

@@ -31,6 +31,7 @@ import tensorflow as tf
 from ssd_tf.data import augment
 from ssd_tf.data.decoder import decode_example
 from ssd_tf.data.preprocess import normalize_image
+from ssd_tf.data.shards import expand_pattern
 
 PRESETS = ("ssd_resnet34", "ssd_vgg16", "ssd_vgg16_voc")
 IMAGE_SIZE = (300, 300)
@@ -45,9 +46,7 @@ _AUGMENTATION_ALIASES = {"mlperf": "ssd_resnet34", "ssd": "ssd_vgg16"}
 
 def list_files(file_pattern) -> list[str]:
     """Sorted files matching a glob, a comma-separated list of globs, or a list of globs."""
-    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
-    patterns = [p.strip() for p in patterns if p and p.strip()]
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    files = expand_pattern(file_pattern)
     if not files:
         raise FileNotFoundError(f"no TFRecord files match file_pattern {file_pattern!r}")
     return files

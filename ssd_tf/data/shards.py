@@ -1,7 +1,8 @@
 """Shard and sidecar file names: the one place the converters' naming contract is written down.
 
 A converter run with output prefix P writes `P-00000-of-0000N.tfrecord` ... and the sidecar `P.meta.json`
-(label map, counts, skips). Readers find the sidecar from the shard names. No TensorFlow import.
+(label map, counts, skips). Readers find the sidecar from the shard names. Also the one expander of file
+patterns (`expand_pattern`). No TensorFlow import (except for URL-scheme patterns).
 """
 from __future__ import annotations
 
@@ -36,3 +37,33 @@ def sidecars_for(files) -> dict:
             path = sidecar_path(prefix)
             found[prefix] = path if os.path.isfile(path) else None
     return {prefix: path for prefix, path in found.items() if path is not None}
+
+
+def _has_scheme(pattern: str) -> bool:
+    """`gs://...`, `s3://...`, `hdfs://...`: a path only TensorFlow's filesystem layer can list."""
+    head = pattern.split("/", 1)[0]
+    return head.endswith(":") and len(head) > 2 and pattern[len(head):].startswith("//")
+
+
+def split_patterns(file_pattern) -> list:
+    """A glob, a comma-separated list of globs, or a list of globs -> the list of non-empty globs."""
+    patterns = file_pattern.split(",") if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
+    return [os.fspath(p).strip() for p in patterns if p and os.fspath(p).strip()]
+
+
+def expand_pattern(file_pattern) -> list:
+    """The one file-pattern expander: sorted, de-duplicated files matching a glob, a comma-separated list of
+    globs or a list of globs. Local paths are listed with `glob` (no TensorFlow import); a pattern with a
+    URL scheme (`gs://bucket/train-*`) with `tf.io.gfile.glob`. An empty result is an empty list; callers say
+    which flag or argument matched nothing."""
+    import glob
+
+    files = set()
+    for pattern in split_patterns(file_pattern):
+        if _has_scheme(pattern):
+            import tensorflow as tf
+
+            files.update(tf.io.gfile.glob(pattern))
+        else:
+            files.update(f for f in glob.glob(os.path.expanduser(pattern)) if not os.path.isdir(f))
+    return sorted(files)

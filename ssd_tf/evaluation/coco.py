@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import io
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 # Re-exported: the team interface lists detections_to_coco beside evaluate_coco.
+from ssd_tf.data import label_map as label_map_lib
 from ssd_tf.data import shards
 from ssd_tf.evaluation.export import CocoDetectionAccumulator, detections_to_coco, write_coco_results  # noqa: F401
 
@@ -204,27 +204,9 @@ def evaluate_coco(gt: Any, detections: Any, backend: str = "faster", iou_type: s
 # ----------------------------------------------------------------------------------------------------------------
 # Ground truth from TFRecords
 # ----------------------------------------------------------------------------------------------------------------
-def _label_map_dict(label_map: Any) -> dict[int, str] | None:
-    """A label map given as {id: name}, [{"id", "name"}, ...], or a path to a converter sidecar .meta.json."""
-    if label_map is None:
-        return None
-    if isinstance(label_map, (str, os.PathLike)):
-        data = _read_json(label_map)
-        label_map = data.get("label_map", data) if isinstance(data, Mapping) else data
-    if isinstance(label_map, Mapping):
-        return {int(k): str(v) for k, v in label_map.items()}
-    try:
-        return {int(entry["id"]): str(entry["name"]) for entry in label_map}
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"label_map must be {{id: name}} or a list of {{'id', 'name'}} dicts: {e}") from e
-
-
-def _sidecar_for(files: Sequence[str]) -> str | None:
-    """The converter's `{prefix}.meta.json` beside `{prefix}-00000-of-0000N.tfrecord` shards, when all the
-    files share one prefix and its sidecar exists."""
-    if len({shards.shard_prefix(f) for f in files}) != 1:
-        return None
-    return next(iter(shards.sidecars_for(files).values()), None)
+def _sidecar_label_map(files: Sequence[str]) -> dict[int, str] | None:
+    """The label map of the converter's `{prefix}.meta.json` beside the shards (None without one)."""
+    return label_map_lib.label_map_of_files(files)[0]
 
 
 def _iter_gt_records(files: Sequence[str]) -> Iterable[dict]:
@@ -264,11 +246,10 @@ def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = N
     converter's sidecar `{prefix}.meta.json` beside the shards, else the class ids found in the records, named by
     their `image/object/class/text` (else by the id).
     """
-    patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
-    files = sorted({f for p in patterns for f in glob.glob(os.fspath(p))})
+    files = shards.expand_pattern(file_pattern)
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")
-    names = _label_map_dict(label_map if label_map is not None else _sidecar_for(files))
+    names = label_map_lib.as_label_map(label_map) if label_map is not None else _sidecar_label_map(files)
 
     records = list(_iter_gt_records(files))
     # Key of each image: its source_id, or its filename when the source_id is empty (e.g. CVAT exports).
