@@ -15,6 +15,7 @@ RUNTIME = [
     "tqdm==4.70.1",
     "google-crc32c==1.9.0",  # TFRecord CRCs in the converters without importing TensorFlow
     "msgspec==0.22.0",  # COCO converter: decodes only the fields it uses (flat memory, ~5x faster than json)
+    "pyyaml==6.0.3",  # --config_file recipes written as YAML
 ]
 
 EXTRAS = {

@@ -1,45 +1,47 @@
-"""Run configuration: one dataclass tree per run, built from a named preset and overridden by flags.
+"""Run configuration: one dataclass tree per run (model, data, train, eval, runtime), no TensorFlow.
 
-`config.json` in the model directory is the tree as trained; `eval` reads it back, so a model
-directory describes itself. Preset values come from the references (REFERENCE_SPECS.md):
-
-* ``ssd_resnet34``: MLPerf SSD-ResNet34 model; recipe of the seed's Ascend port — base LR 3e-3 per 32
-  images, linear warmup 0.8 epochs, cosine decay to alpha 0.01, weight decay 5e-4 (coupled L2 on every
-  parameter), momentum 0.9, per-image loss normalisation, MLPerf post-processing.
-* ``ssd_vgg16``: torchvision ``ssd300_vgg16`` model; 2e-3 per 64 images, multistep (x0.1 at 2/3 and
-  11/12 of training, torchvision's 80/110 of 120 epochs), 60,000 iterations, per-batch normalisation.
-* ``ssd_vgg16_voc``: ssd.pytorch's VOC model and recipe: 1e-3 per 32 images, x0.1 at 80k and 100k of
-  120k iterations.
+* ``model`` is the family's model config (``ssd_tf/model_configs``: SSD, Faster R-CNN), carrying every value the
+  model, its parser, loss and post-processing need; ``data``, ``train``, ``eval`` and ``runtime`` are shared by
+  every family.
+* Presets are complete configs defined in ``ssd_tf/presets.py``.
+* ``config.json`` in the model directory is the whole tree as trained (``version`` 2). Loading it never consults
+  today's presets, so a model directory describes itself. A version-1 file (written before presets became
+  values: the model section held only name, width and class count) is read by rebuilding its preset and
+  applying what the file recorded.
+* A run's config is built as: preset (or ``--config_file``, a saved ``config.json`` or a hand-written JSON/YAML
+  subset) -> flag overrides (``set_value`` with dotted paths such as ``model.postprocess.score_threshold``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
-from typing import Optional
+import types
+import typing
+from typing import Any, Optional
 
-PRESETS = ("ssd_resnet34", "ssd_vgg16", "ssd_vgg16_voc")
+VERSION = 2
 
 
-@dataclasses.dataclass
-class ModelConfig:
-    name: str = "ssd_resnet34"
-    num_classes: int = 0  # 0: 1 + the number of classes in the label map
-    width_multiplier: float = 1.0  # scales every channel count; 1.0 is the reference model
+class ConfigError(ValueError):
+    """A config value, path or file that cannot be used; the message names it."""
 
 
 @dataclasses.dataclass
 class DataConfig:
-    training_file_pattern: str = ""
+    training_file_pattern: str = ""  # glob, comma-separated globs
     validation_file_pattern: str = ""
     val_json_file: str = ""
-    label_map: str = ""  # file; empty: the converter's sidecar beside the shards
+    label_map: str = ""  # label-map file or converter sidecar; empty: the sidecar beside the shards
     class_ids: list = dataclasses.field(default_factory=list)  # dataset ids, contiguous id = index + 1
     class_names: list = dataclasses.field(default_factory=list)
     num_train_images: int = 0  # epoch length; 0: from the sidecar
-    max_boxes: int = 100
+    max_boxes: int = 100  # boxes kept per image (padding size)
     shuffle_buffer: int = 1024
-    augmentation: str = "auto"
+    drop_crowd: bool = False  # training targets leave out is_crowd boxes (evaluation keeps them as ignore regions)
+    drop_difficult: bool = False  # training targets leave out VOC difficult boxes (evaluation ignores them)
+    drop_images_without_boxes: bool = False  # training skips images with no (kept) boxes
 
 
 @dataclasses.dataclass
@@ -60,7 +62,6 @@ class TrainConfig:
     weight_decay: float = 5e-4
     weight_decay_mode: str = "coupled"  # coupled (L2 in the gradient, as the references) | decoupled
     exclude_bn_bias_from_weight_decay: bool = False
-    loss_normalization: str = "per_image"  # per_image (MLPerf) | per_batch (torchvision, ssd.pytorch)
     precision: str = "fp32"  # fp32 | fp16 | bf16
     xla: bool = False
     steps_per_loop: int = 10
@@ -68,7 +69,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     keep_checkpoints: int = 5
     seed: int = 0
-    resnet_checkpoint: str = ""
+    backbone_checkpoint: str = ""  # backbone (or whole-model) weights to start from
 
 
 @dataclasses.dataclass
@@ -78,10 +79,6 @@ class EvalConfig:
     eval_backend: str = "faster"  # faster | pycocotools
     eval_metric: str = "coco"  # coco | voc07 | voc
     eval_steps: int = 0  # 0: the whole validation set
-    score_threshold: Optional[float] = None  # None: the preset's reference value
-    nms_iou_threshold: Optional[float] = None
-    max_candidates_per_class: Optional[int] = None
-    max_detections: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -92,62 +89,246 @@ class RuntimeConfig:
     sync_batchnorm: bool = False
 
 
+def _families() -> dict:
+    from ssd_tf.model_configs import FAMILIES
+
+    return FAMILIES
+
+
+def _default_model():
+    from ssd_tf.model_configs import SSDModelConfig
+
+    return SSDModelConfig()
+
+
 @dataclasses.dataclass
 class Config:
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: Any = dataclasses.field(default_factory=_default_model)  # a family's model config
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    version: int = VERSION
+
+    @property
+    def family(self) -> str:
+        return self.model.family
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def override(self, section: str, **values) -> "Config":
-        """Sets fields of one section; unknown names are an error naming them."""
-        sec = getattr(self, section)
-        known = {f.name for f in dataclasses.fields(sec)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config section '{section}' has no field(s) {unknown}; known: {sorted(known)}")
-        for k, v in values.items():
-            setattr(sec, k, v)
+        """Sets fields of one section (``cfg.override("train", momentum=0.8)``); unknown names are an error."""
+        for key, value in values.items():
+            set_value(self, f"{section}.{key}", value)
         return self
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
-             "runtime": RuntimeConfig}
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "runtime": RuntimeConfig}
 
 
-def preset(name: str) -> Config:
-    """The reference recipe for a model preset (see the module docstring)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-    cfg = Config(model=ModelConfig(name=name))
-    if name == "ssd_resnet34":
-        cfg.train = TrainConfig()
-    elif name == "ssd_vgg16":
-        cfg.train = TrainConfig(base_learning_rate=2e-3, lr_reference_batch=64, lr_schedule="multistep",
-                                warmup_epochs=0.0, warmup_steps=1000, warmup_start_factor=1e-3,
-                                lr_boundaries=[2 / 3, 11 / 12], train_steps=60000,
-                                loss_normalization="per_batch")
-    elif name == "ssd_vgg16_voc":
-        cfg.train = TrainConfig(base_learning_rate=1e-3, lr_reference_batch=32, lr_schedule="multistep",
-                                warmup_epochs=0.0, warmup_steps=0, lr_boundaries=[80000, 100000],
-                                train_steps=120000, loss_normalization="per_batch")
-    return cfg
+# ----------------------------------------------------------------------------------------------- dict <-> tree
+def to_dict(obj) -> Any:
+    """A config tree (or any part of it) as plain JSON types; tuples become lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp, value, path: str):
+    """``value`` (from JSON, YAML or a flag) as type ``tp``; errors name the dotted path."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(inner[0], value, path)
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, values: dict, path: str):
+    """``cls(**values)`` with nested values coerced; unknown keys are an error naming them."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    hints = _hints(cls)
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def model_from_dict(values: dict, path: str = "model"):
+    family = values.get("family")
+    families = _families()
+    if family not in families:
+        raise ConfigError(f"{path}.family must be one of {sorted(families)}, got {family!r}")
+    return _build(families[family], values, path)
 
 
 def from_dict(d: dict) -> Config:
-    cfg = Config()
-    for section, cls in _SECTIONS.items():
-        values = d.get(section, {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        setattr(cfg, section, cls(**{k: v for k, v in values.items() if k in known}))
+    """A complete config tree from its dict form (``config.json`` version 2); unknown keys are errors."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - {"model", "version", *_SECTIONS})
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {unknown}; known: model, {', '.join(_SECTIONS)}")
+    sections = {name: _build(cls, d.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    return Config(model=model_from_dict(d.get("model", {})), version=VERSION, **sections)
+
+
+def validate(cfg: Config) -> Config:
+    """Re-runs every dataclass's own checks (values set by attribute after construction skip them)."""
+    return from_dict(to_dict(cfg))
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+def get_value(cfg, path: str):
+    obj = cfg
+    for part in path.split("."):
+        if not (dataclasses.is_dataclass(obj) and part in {f.name for f in dataclasses.fields(obj)}):
+            raise ConfigError(_no_field(cfg, path))
+        obj = getattr(obj, part)
+    return obj
+
+
+def _no_field(cfg, path: str) -> str:
+    family = getattr(getattr(cfg, "model", None), "family", None)
+    where = f" of a {family} model config" if path.startswith("model.") and family else ""
+    return f"no config field {path}{where}"
+
+
+def set_value(cfg, path: str, value) -> None:
+    """Sets the field at a dotted ``path`` (``model.postprocess.score_threshold``), coerced to its type.
+
+    Frozen parts (e.g. an anchor spec) are replaced, not mutated. The path must exist; the value is checked by
+    the owning dataclass when it is frozen, else by ``validate``."""
+    parts = path.split(".")
+    chain = [cfg]
+    for part in parts[:-1]:
+        obj = chain[-1]
+        if not (dataclasses.is_dataclass(obj) and part in {f.name for f in dataclasses.fields(obj)}):
+            raise ConfigError(_no_field(cfg, path))
+        chain.append(getattr(obj, part))
+    owner, name = chain[-1], parts[-1]
+    if not (dataclasses.is_dataclass(owner) and name in {f.name for f in dataclasses.fields(owner)}):
+        raise ConfigError(_no_field(cfg, path))
+    if name == "family" or (owner is cfg and name == "model" and not dataclasses.is_dataclass(value)):
+        if name == "family" and value == getattr(owner, name):
+            return
+        raise ConfigError(f"{path} cannot be changed; start from a preset of the other family instead")
+    if owner is cfg and name == "model":
+        new = value
+    else:
+        new = _coerce(_hints(type(owner))[name], value, path)
+    # Walk back up: frozen dataclasses get a replaced copy, mutable ones are set in place.
+    for depth in range(len(chain) - 1, -1, -1):
+        owner, name = chain[depth], parts[depth]
+        if owner.__dataclass_params__.frozen:
+            try:
+                new = dataclasses.replace(owner, **{name: new})
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{path}: {e}") from None
+            continue
+        setattr(owner, name, new)
+        return
+
+
+def merge(cfg: Config, overrides: dict, path: str = "") -> Config:
+    """Applies a nested mapping of values onto ``cfg`` (in place; returns it). A mapping value for a nested
+    config part merges into it; anything else replaces the field."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {overrides!r}")
+    for key, value in overrides.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if sub in ("version", "model.family", "model.name"):
+            continue
+        current = get_value(cfg, sub)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            if current.__dataclass_params__.frozen:
+                set_value(cfg, sub, {**to_dict(current), **value})
+            else:
+                merge(cfg, value, sub)
+        else:
+            set_value(cfg, sub, value)
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------- files
+def read_config_file(path: str) -> dict:
+    """A config file as a nested dict: JSON (``.json``) or YAML (``.yaml``/``.yml``, the subset of plain
+    mappings, lists, strings, numbers, booleans and null). Errors name the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.lower().endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
 
 
 def save(cfg: Config, model_dir: str) -> str:
@@ -161,8 +342,53 @@ def save(cfg: Config, model_dir: str) -> str:
 
 
 def load(model_dir: str) -> Config:
+    """``model_dir/config.json`` as trained (a version-1 file is migrated; see the module docstring)."""
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: '{model_dir}' holds no trained model (run --mode=train first)")
-    with open(path) as f:
-        return from_dict(json.load(f))
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} line {e.lineno}: invalid JSON ({e.msg})") from None
+    try:
+        if d.get("version", 1) == 1:
+            return from_v1(d)
+        return from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# Version-1 fields that moved into the model config (or were renamed).
+_V1_MOVES = {
+    ("train", "loss_normalization"): "model.loss_normalization",
+    ("train", "resnet_checkpoint"): "train.backbone_checkpoint",
+    ("eval", "score_threshold"): "model.postprocess.score_threshold",
+    ("eval", "nms_iou_threshold"): "model.postprocess.iou_threshold",
+    ("eval", "max_candidates_per_class"): "model.postprocess.max_candidates_per_class",
+    ("eval", "max_detections"): "model.postprocess.max_detections",
+}
+
+
+def from_v1(d: dict) -> Config:
+    """A version-1 ``config.json``: its model section named a preset; everything else was recorded."""
+    from ssd_tf import presets
+
+    d = copy.deepcopy(d)
+    model = d.get("model", {})
+    cfg = presets.preset(model.get("name", "ssd_resnet34"))
+    for key in ("num_classes", "width_multiplier"):
+        if key in model:
+            set_value(cfg, f"model.{key}", model[key])
+    for (section, key), target in _V1_MOVES.items():
+        value = d.get(section, {}).pop(key, None)
+        if value is not None:
+            set_value(cfg, target, value)
+    augmentation = d.get("data", {}).pop("augmentation", "auto")
+    if augmentation not in (None, "auto"):
+        from ssd_tf.model_configs.ssd import AUGMENTATIONS
+
+        cfg.model.augmentation = AUGMENTATIONS[augmentation]
+    for section in _SECTIONS:
+        merge(cfg, d.get(section, {}), section)
+    return validate(cfg)

@@ -1,9 +1,9 @@
 """SSD training augmentation as pure, stateless TF ops (graph mode, usable in ``tf.data`` map).
 
-Two recipes, chosen per preset (``recipe_for_preset``):
+Two recipes (``SSDAugmentation`` values in the model config; the presets pick the reference's):
 
-* ``mlperf`` (ssd_resnet34, MLPerf v0.6 REF ``SSDTransformer``): SSDCropping -> flip -> resize -> ColorJitter.
-* ``ssd`` (ssd_vgg16*, torchvision ``presets.py`` "ssd" = ssd.pytorch recipe): RandomPhotometricDistort ->
+* ``mlperf`` (MLPerf v0.6 REF ``SSDTransformer``): SSDCropping -> flip -> resize -> ColorJitter.
+* ``ssd`` (torchvision detection references' "ssd" preset = ssd.pytorch recipe): RandomPhotometricDistort ->
   RandomZoomOut -> RandomIoUCrop -> flip -> resize.
 
 Boxes are normalised ``[ymin, xmin, ymax, xmax]``. Every random draw comes from stateless ops fed by one
@@ -27,12 +27,13 @@ after which the whole image is kept, instead of an unbounded ``while True``; col
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import tensorflow as tf
 
-MEAN_RGB = (123.0, 117.0, 104.0)  # zoom-out canvas fill (torchvision SSD preset / ssd.pytorch, in RGB)
+from ssd_tf.model_configs.ssd import SSDAugmentation
+
+MEAN_RGB = (123.0, 117.0, 104.0)  # zoom-out canvas fill (torchvision SSD recipe / ssd.pytorch, in RGB)
 
 # MLPerf REF SSDCropping: 7 equally likely modes; None = keep, -inf = no IoU constraint.
 MLPERF_CROP_MODES = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
@@ -64,43 +65,8 @@ DEVIATIONS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentRecipe:
-    """Which training augmentations run, in the fixed order photometric(ssd) -> expand -> crop -> flip."""
-
-    crop: str | None = None  # 'mlperf' | 'ssd' | None
-    expand: bool = False
-    flip: bool = False
-    photometric: str | None = None  # 'mlperf' (ColorJitter after resize) | 'ssd' (photometric distort) | None
-    expand_prob: float = 0.5
-    expand_max_ratio: float = 4.0
-    flip_prob: float = 0.5
-    fill: tuple = MEAN_RGB
-
-    def __post_init__(self):
-        if self.crop not in (None, "mlperf", "ssd"):
-            raise ValueError(f"AugmentRecipe.crop must be None, 'mlperf' or 'ssd', got {self.crop!r}")
-        if self.photometric not in (None, "mlperf", "ssd"):
-            raise ValueError(f"AugmentRecipe.photometric must be None, 'mlperf' or 'ssd', got {self.photometric!r}")
-        if not 0.0 <= self.expand_prob <= 1.0 or not 0.0 <= self.flip_prob <= 1.0:
-            raise ValueError(f"probabilities must be in [0,1], got expand {self.expand_prob}, flip {self.flip_prob}")
-        if self.expand_max_ratio < 1.0:
-            raise ValueError(f"expand_max_ratio must be >= 1, got {self.expand_max_ratio}")
-        if len(self.fill) != 3:
-            raise ValueError(f"fill must have 3 values (RGB), got {self.fill!r}")
-
-
-RECIPES = {
-    "ssd_resnet34": AugmentRecipe(crop="mlperf", expand=False, flip=True, photometric="mlperf"),
-    "ssd_vgg16": AugmentRecipe(crop="ssd", expand=True, flip=True, photometric="ssd"),
-    "ssd_vgg16_voc": AugmentRecipe(crop="ssd", expand=True, flip=True, photometric="ssd"),
-}
-
-
-def recipe_for_preset(preset: str) -> AugmentRecipe:
-    if preset not in RECIPES:
-        raise ValueError(f"no augmentation recipe for preset {preset!r}; known: {sorted(RECIPES)}")
-    return RECIPES[preset]
+# The recipe is a model-config value (``SSDAugmentation``: which steps run, their probabilities, the fill).
+AugmentRecipe = SSDAugmentation
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -395,8 +361,8 @@ def augment_example(image, boxes, seed, recipe: AugmentRecipe, output_size=(300,
     Returns:
       (image float32 [h,w,3] in [0,255], boxes float32 [M,4] normalised and clipped, extras dict of [M,...]).
     """
-    if not isinstance(recipe, AugmentRecipe):
-        raise TypeError(f"recipe must be an AugmentRecipe, got {type(recipe).__name__}")
+    if not isinstance(recipe, SSDAugmentation):
+        raise TypeError(f"recipe must be an SSDAugmentation (model config value), got {type(recipe).__name__}")
     extras = dict(extras or {})
     image = tf.convert_to_tensor(image)
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])

@@ -1,7 +1,8 @@
 """SSD300 detectors (ResNet34 and VGG16 backbones) as Keras 3 functional models.
 
-Output: ``(box_regression [B,8732,4], class_logits [B,8732,num_classes])``, anchors flattened in
-(y, x, anchor) order per level, levels concatenated 38, 19, 10, 5, 3, 1; regression channels
+``build_ssd(model_config)`` builds the network an ``SSDModelConfig`` describes (backbone, width, class count,
+anchors per cell from its anchor spec). Output: ``(box_regression [B,8732,4], class_logits [B,8732,num_classes])``,
+anchors flattened in (y, x, anchor) order per level, levels concatenated 38, 19, 10, 5, 3, 1; regression channels
 (ty, tx, th, tw). Each head is a 3x3 conv with A*K channels, channel index a*K + k (anchor-major), so a
 plain reshape [B,H,W,A*K] -> [B,H*W*A,K] gives (y, x, anchor) order.
 
@@ -40,10 +41,10 @@ def extra_block(x, mid_channels, out_channels, stride, name):
     return layers.ReLU(name=f"{name}_relu2")(x)
 
 
-def multibox_heads(features, num_classes):
+def multibox_heads(features, num_classes, anchors_per_cell=ANCHORS_PER_CELL):
     """Per-level 3x3 loc/conf convs; returns (box_regression [B,A,4], class_logits [B,A,C])."""
     boxes, logits = [], []
-    for level, (feature, anchors) in enumerate(zip(features, ANCHORS_PER_CELL)):
+    for level, (feature, anchors) in enumerate(zip(features, anchors_per_cell)):
         loc = layers.Conv2D(anchors * 4, 3, padding="same", name=f"loc_{level}", **_conv_kwargs())(feature)
         conf = layers.Conv2D(anchors * num_classes, 3, padding="same", name=f"conf_{level}", **_conv_kwargs())(
             feature
@@ -65,13 +66,28 @@ def _check_common(num_classes, image_size):
         raise ValueError(f"SSD300 models take {IMAGE_SIZE}x{IMAGE_SIZE} inputs, got image_size={image_size}")
 
 
-def _check_feature_sizes(features, name):
+def _check_feature_sizes(features, name, expected=FEATURE_SIZES):
     sizes = tuple(int(f.shape[1]) for f in features)
-    if sizes != FEATURE_SIZES:
-        raise AssertionError(f"{name}: feature map sizes {sizes} != expected {FEATURE_SIZES}")
+    if sizes != tuple(expected):
+        raise ValueError(f"{name}: feature map sizes {sizes} != the anchor spec's {tuple(expected)}")
 
 
-def ssd_resnet34(num_classes=81, image_size=IMAGE_SIZE, width_multiplier=1.0, name="ssd_resnet34"):
+def build_ssd(cfg):
+    """The SSD network of an ``SSDModelConfig``."""
+    if cfg.backbone == "resnet34_mlperf":
+        if cfg.trainable_backbone_stages is not None:
+            raise ValueError("model.trainable_backbone_stages applies to the VGG16 backbone only")
+        return ssd300_resnet34(cfg.num_classes, cfg.image_size, cfg.width_multiplier, name=cfg.name or "ssd",
+                               anchors_per_cell=cfg.anchors.anchors_per_cell, feature_sizes=cfg.anchors.feature_sizes)
+    if cfg.backbone == "vgg16_reduced_fc":
+        return ssd300_vgg16(cfg.num_classes, cfg.image_size, cfg.trainable_backbone_stages, cfg.width_multiplier,
+                            name=cfg.name or "ssd", anchors_per_cell=cfg.anchors.anchors_per_cell,
+                            feature_sizes=cfg.anchors.feature_sizes)
+    raise ValueError(f"unknown SSD backbone {cfg.backbone!r}")
+
+
+def ssd300_resnet34(num_classes=81, image_size=IMAGE_SIZE, width_multiplier=1.0, name="ssd300_resnet34",
+                    anchors_per_cell=ANCHORS_PER_CELL, feature_sizes=FEATURE_SIZES):
     """SSD300 with the MLPerf v0.6 ResNet34 backbone (no BN in the extras).
 
     width_multiplier scales every backbone and extra-layer channel count (1.0 = the reference model; smaller
@@ -85,12 +101,12 @@ def ssd_resnet34(num_classes=81, image_size=IMAGE_SIZE, width_multiplier=1.0, na
         x = extra_block(x, scaled_channels(mid, width_multiplier), scaled_channels(out, width_multiplier), stride,
                         f"extra{i}")
         features.append(x)  # 19x19x512, 10x10x512, 5x5x256, 3x3x256, 1x1x256
-    _check_feature_sizes(features, name)
-    return keras.Model(inputs, multibox_heads(features, num_classes), name=name)
+    _check_feature_sizes(features, name, feature_sizes)
+    return keras.Model(inputs, multibox_heads(features, num_classes, anchors_per_cell), name=name)
 
 
-def ssd_vgg16(num_classes=91, image_size=IMAGE_SIZE, trainable_backbone_stages=None, width_multiplier=1.0,
-              name="ssd_vgg16"):
+def ssd300_vgg16(num_classes=91, image_size=IMAGE_SIZE, trainable_backbone_stages=None, width_multiplier=1.0,
+                 name="ssd300_vgg16", anchors_per_cell=ANCHORS_PER_CELL, feature_sizes=FEATURE_SIZES):
     """SSD300 with the VGG16 reduced-fc backbone and L2Norm on conv4_3.
 
     trainable_backbone_stages: None trains everything (ssd.pytorch). k in 0..5 freezes VGG conv stages
@@ -108,8 +124,8 @@ def ssd_vgg16(num_classes=91, image_size=IMAGE_SIZE, trainable_backbone_stages=N
         x = extra_block(x, scaled_channels(mid, width_multiplier), scaled_channels(out, width_multiplier), stride,
                         f"extra{i}")
         features.append(x)  # 10x10x512, 5x5x256, 3x3x256, 1x1x256
-    _check_feature_sizes(features, name)
-    model = keras.Model(inputs, multibox_heads(features, num_classes), name=name)
+    _check_feature_sizes(features, name, feature_sizes)
+    model = keras.Model(inputs, multibox_heads(features, num_classes, anchors_per_cell), name=name)
     if trainable_backbone_stages is not None:
         for stage in range(1, stages - trainable_backbone_stages + 1):
             for layer_name in vgg16_stage_layer_names(stage):

@@ -1,6 +1,6 @@
-"""SSD300 default boxes for the package's presets.
+"""SSD300 default boxes from an anchor spec (the model config's ``anchors``; presets hold the references' values).
 
-All presets return float32 [8732, 4] normalised [ymin, xmin, ymax, xmax] boxes flattened in (y, x, anchor) order
+Every spec gives float32 [8732, 4] normalised [ymin, xmin, ymax, xmax] boxes flattened in (y, x, anchor) order
 (location-major, anchor fastest; levels concatenated from 38x38 down to 1x1). This is the package's head layout.
 MLPerf's own order is (anchor, y, x); ``order_permutation`` maps between the two.
 
@@ -22,7 +22,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class AnchorSpec:
-    """Default-box layout of one SSD preset (sizes normalised to the image side)."""
+    """Default-box layout of an SSD model (sizes normalised to the image side)."""
 
     feature_sizes: tuple[int, ...]
     steps: tuple[int, ...]
@@ -58,29 +58,10 @@ class AnchorSpec:
         return np.asarray(pairs, dtype=np.float64)
 
 
-_FEATURES = (38, 19, 10, 5, 3, 1)
-_STEPS = (8, 16, 32, 64, 100, 300)
-_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
-
-SSD_ANCHOR_SPECS: dict[str, AnchorSpec] = {
-    # MLPerf v0.6 (REF/utils.py dboxes300_coco; TPU ssd_constants): pixel scales / 300, clip cx, cy, w, h.
-    "ssd_resnet34": AnchorSpec(_FEATURES, _STEPS, tuple(s / 300.0 for s in (21, 45, 99, 153, 207, 261, 315)),
-                               _RATIOS, clip="all"),
-    # torchvision ssd300_vgg16 DefaultBoxGenerator: clip w, h only.
-    "ssd_vgg16": AnchorSpec(_FEATURES, _STEPS, (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05), _RATIOS, clip="wh"),
-    # ssd.pytorch VOC config: min_sizes [30, 60, 111, 162, 213, 264], max_sizes = next min size (315 last).
-    "ssd_vgg16_voc": AnchorSpec(_FEATURES, _STEPS, tuple(s / 300.0 for s in (30, 60, 111, 162, 213, 264, 315)),
-                                _RATIOS, clip="all"),
-}
-
-
-def get_anchor_spec(preset_or_spec) -> AnchorSpec:
-    if isinstance(preset_or_spec, AnchorSpec):
-        return preset_or_spec
-    try:
-        return SSD_ANCHOR_SPECS[preset_or_spec]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown SSD anchor preset {preset_or_spec!r}; known: {sorted(SSD_ANCHOR_SPECS)}") from None
+def _check_spec(spec) -> AnchorSpec:
+    if not isinstance(spec, AnchorSpec):
+        raise ValueError(f"expected an AnchorSpec (a model config's anchors), got {spec!r}")
+    return spec
 
 
 def _level_cxcywh(spec: AnchorSpec, level: int) -> np.ndarray:
@@ -103,16 +84,16 @@ def _level_cxcywh(spec: AnchorSpec, level: int) -> np.ndarray:
     return out
 
 
-def ssd_default_boxes(preset) -> np.ndarray:
-    """Default boxes of a preset name (or AnchorSpec): float32 [N, 4] normalised yxyx, order (y, x, anchor)."""
-    spec = get_anchor_spec(preset)
+def ssd_default_boxes(spec: AnchorSpec) -> np.ndarray:
+    """Default boxes of an anchor spec: float32 [N, 4] normalised yxyx, order (y, x, anchor)."""
+    spec = _check_spec(spec)
     cxcywh = np.concatenate([_level_cxcywh(spec, k) for k in range(len(spec.feature_sizes))], axis=0)
     cx, cy, w, h = cxcywh.T
     boxes = np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
     return boxes.astype(np.float32)
 
 
-def order_permutation(preset, source: str = "ayx", target: str = "yxa") -> np.ndarray:
+def order_permutation(spec: AnchorSpec, source: str = "ayx", target: str = "yxa") -> np.ndarray:
     """Index array ``p`` [N] with ``x_target = x_source[p]`` along the anchor axis.
 
     Orders: "yxa" = (y, x, anchor), the package's; "ayx" = (anchor, y, x), MLPerf REF/TPU. Levels stay concatenated
@@ -121,7 +102,7 @@ def order_permutation(preset, source: str = "ayx", target: str = "yxa") -> np.nd
     for name, order in (("source", source), ("target", target)):
         if order not in ("ayx", "yxa"):
             raise ValueError(f"order_permutation: {name} must be 'ayx' or 'yxa', got {order!r}")
-    spec = get_anchor_spec(preset)
+    spec = _check_spec(spec)
     parts, offset = [], 0
     for f, a in zip(spec.feature_sizes, spec.anchors_per_cell):
         y, x, k = np.meshgrid(np.arange(f), np.arange(f), np.arange(a), indexing="ij")  # each [f, f, a]

@@ -1,5 +1,6 @@
 """SSD inference post-processing: decode, softmax, per-class threshold + top-k + NMS, per-image top-k.
 
+The thresholds are arguments; each preset's reference values live in its model config (``ssd_tf/presets.py``).
 Semantics (shared by the references up to the tie cases noted):
 1. decode the regression against the default boxes (optionally clamping dh, dw as torchvision does) and clip the
    boxes to [0, 1] *before* NMS (torchvision clips before NMS; MLPerf REF does not, which only matters for boxes
@@ -22,19 +23,6 @@ import tensorflow as tf
 
 from ssd_tf.ops import box_coder
 from ssd_tf.ops.boxes import clip_boxes
-
-POSTPROCESS_DEFAULTS = {
-    # MLPerf v0.6 REF/TPU: score > 0.05, top 200 per class, NMS 0.5, 200 per image, no wh clamp.
-    "ssd_resnet34": dict(score_threshold=0.05, iou_threshold=0.5, max_candidates_per_class=200,
-                         max_detections=200, wh_clip=None),
-    # torchvision ssd300_vgg16: score > 0.01, top 400 per class, NMS 0.45, 200 per image, dh/dw <= log(1000/16).
-    "ssd_vgg16": dict(score_threshold=0.01, iou_threshold=0.45, max_candidates_per_class=400,
-                      max_detections=200, wh_clip=box_coder.TORCHVISION_WH_CLIP),
-    # ssd.pytorch Detect: score > 0.01, top 200 per class, NMS 0.45; it has no working per-image cap, 200 is used.
-    "ssd_vgg16_voc": dict(score_threshold=0.01, iou_threshold=0.45, max_candidates_per_class=200,
-                          max_detections=200, wh_clip=None),
-}
-
 
 def ssd_postprocess(box_regression, class_logits, anchors, *, score_threshold, iou_threshold,
                     max_candidates_per_class, max_detections, wh_clip=None, weights=box_coder.SSD_WEIGHTS):

@@ -12,16 +12,22 @@ import json
 import pathlib
 import sys
 
-# source -> (importer module, function, default model, backbone only)
+# source -> (importer module, function, default preset, backbone only, the (family, backbone) it fits)
+_VGG = ("ssd", "vgg16_reduced_fc")
+_R34 = ("ssd", "resnet34_mlperf")
 SOURCES = {
-    "torchvision_ssd300_vgg16": ("torchvision", "load_torchvision_ssd300_vgg16", "ssd_vgg16", False),
-    "ssd_pytorch": ("ssd_pytorch", "load_ssd_pytorch", "ssd_vgg16_voc", False),
-    "ssd_pytorch_vgg16_reducedfc": ("ssd_pytorch", "load_ssd_pytorch_vgg16_reducedfc", "ssd_vgg16_voc", True),
-    "torchvision_resnet34": ("torchvision", "load_torchvision_resnet34", "ssd_resnet34", True),
-    "torchvision_ssd_resnet34": ("torchvision", "load_torchvision_ssd_resnet34", "ssd_resnet34", False),
-    "mlperf_ssd_r34": ("mlperf", "load_mlperf_ssd_r34", "ssd_resnet34", False),
+    "torchvision_ssd300_vgg16": ("torchvision", "load_torchvision_ssd300_vgg16", "ssd_vgg16", False, _VGG),
+    "ssd_pytorch": ("ssd_pytorch", "load_ssd_pytorch", "ssd_vgg16_voc", False, _VGG),
+    "ssd_pytorch_vgg16_reducedfc": ("ssd_pytorch", "load_ssd_pytorch_vgg16_reducedfc", "ssd_vgg16_voc", True, _VGG),
+    "torchvision_resnet34": ("torchvision", "load_torchvision_resnet34", "ssd_resnet34", True, _R34),
+    "torchvision_ssd_resnet34": ("torchvision", "load_torchvision_ssd_resnet34", "ssd_resnet34", False, _R34),
+    "mlperf_ssd_r34": ("mlperf", "load_mlperf_ssd_r34", "ssd_resnet34", False, _R34),
 }
-COMPATIBLE_MODELS = {"ssd_resnet34": ("ssd_resnet34",), "ssd_vgg16": ("ssd_vgg16", "ssd_vgg16_voc")}
+
+
+def _fits(model_config, fits) -> bool:
+    family, backbone = fits
+    return model_config.family == family and getattr(model_config, "backbone", None) == backbone
 
 
 def parse_args(argv):
@@ -38,23 +44,25 @@ def convert(source, input_path, output_path, model_name=None, num_classes=None):
     """Build the model, import ``input_path`` into it, save ``output_path``; returns the import report."""
     import importlib
 
-    from ssd_tf.models.factory import build_model
+    from ssd_tf import presets
+    from ssd_tf.models.factory import build_from_config
 
-    module_name, function, default_model, backbone_only = SOURCES[source]
+    module_name, function, default_model, backbone_only, fits = SOURCES[source]
     model_name = model_name or default_model
-    family = "ssd_resnet34" if default_model == "ssd_resnet34" else "ssd_vgg16"
-    if model_name not in COMPATIBLE_MODELS[family]:
-        raise ValueError(f"--source {source} fits models {COMPATIBLE_MODELS[family]}, not --model {model_name}")
+    model_config = presets.model_config(model_name, **({} if num_classes is None else {"num_classes": num_classes}))
+    if not _fits(model_config, fits):
+        compatible = [p for p in presets.PRESETS if _fits(presets.preset(p).model, fits)]
+        raise ValueError(f"--source {source} fits models {tuple(compatible)}, not --model {model_name}")
     if not str(output_path).endswith(".weights.h5"):
         raise ValueError(f"--output must end with .weights.h5 (Keras 3 weights file), got {output_path}")
     if not pathlib.Path(input_path).is_file():
         raise FileNotFoundError(f"--input {input_path} does not exist")
-    model = build_model(model_name, num_classes=num_classes)
+    model = build_from_config(model_config)
     loader = getattr(importlib.import_module(f"ssd_tf.weights.{module_name}"), function)
     report = loader(model, str(input_path))
     pathlib.Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     model.save_weights(str(output_path))
-    report = dict(report, model=model_name, num_classes=model.output_shape[1][-1], backbone_only=backbone_only,
+    report = dict(report, model=model_name, num_classes=model_config.num_classes, backbone_only=backbone_only,
                   output=str(output_path))
     return report
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ssd_tf import presets
+
 from ssd_tf.data import augment as A
 
 H, W = 160, 240  # non-square source image
@@ -87,7 +89,7 @@ def test_expand_canvas_is_filled_with_the_mean():
 def test_full_recipe_keeps_boxes_on_the_rectangle(preset):
     """Full train recipe incl. colour ops: a white rectangle on black stays grey-on-grey whatever the colour
     ops do (grey is a fixed point of saturation / hue / channel swap), while the zoom-out fill is not grey."""
-    recipe = A.RECIPES[preset]
+    recipe = presets.preset(preset).model.augmentation
     img = np.zeros((H, W, 3), np.uint8)
     img[WHITE_BOX[0]:WHITE_BOX[2], WHITE_BOX[1]:WHITE_BOX[3]] = 255
     boxes = np.array([_norm(WHITE_BOX)], np.float32)
@@ -206,7 +208,7 @@ def test_photometric_range_and_grey_fixed_point(kind):
 def test_same_seed_same_result_other_seed_differs():
     img = _colour_image()
     boxes = np.array([_norm(RED_BOX), _norm(BLUE_BOX)], np.float32)
-    recipe = A.RECIPES["ssd_vgg16"]
+    recipe = presets.preset("ssd_vgg16").model.augmentation
     a = A.augment_example(img, boxes, tf.constant([1, 2]), recipe)
     b = A.augment_example(img, boxes, tf.constant([1, 2]), recipe)
     np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
@@ -219,11 +221,12 @@ def test_same_seed_same_result_other_seed_differs():
 def test_recipe_validation():
     with pytest.raises(ValueError, match="crop"):
         A.AugmentRecipe(crop="random")
-    with pytest.raises(ValueError, match="no augmentation recipe"):
-        A.recipe_for_preset("faster_rcnn_r50_fpn")
-    assert A.RECIPES["ssd_vgg16_voc"] == A.RECIPES["ssd_vgg16"]
-    assert A.RECIPES["ssd_resnet34"] == A.AugmentRecipe(crop="mlperf", flip=True, photometric="mlperf")
-    assert not A.RECIPES["ssd_resnet34"].expand and A.RECIPES["ssd_vgg16"].expand
+    with pytest.raises(TypeError, match="SSDAugmentation"):
+        A.augment_example(np.zeros((4, 4, 3), np.uint8), np.zeros((0, 4), np.float32), tf.constant([1, 2]), "mlperf")
+    recipe = {name: presets.preset(name).model.augmentation for name in ("ssd_resnet34", "ssd_vgg16", "ssd_vgg16_voc")}
+    assert recipe["ssd_vgg16_voc"] == recipe["ssd_vgg16"]
+    assert recipe["ssd_resnet34"] == A.AugmentRecipe(crop="mlperf", flip=True, photometric="mlperf")
+    assert not recipe["ssd_resnet34"].expand and recipe["ssd_vgg16"].expand
 
 
 _TV_SCRIPT = """

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from ssd_tf.models.ssd_loss import ssd_loss
-from ssd_tf.ops.anchors import ssd_default_boxes
+import ssd_tf
 from ssd_tf.ops.targets import ssd_targets_batched
 
 
@@ -82,7 +82,7 @@ def test_gradients_finite_and_xla_matches_eager_with_bf16_inputs():
 
 
 def test_perfect_box_prediction_has_zero_box_loss():
-    anchors = ssd_default_boxes("ssd_vgg16")
+    anchors = ssd_tf.default_boxes("ssd_vgg16")
     gt = tf.constant([[[0.1, 0.2, 0.6, 0.5], [0.3, 0.3, 0.9, 0.95]]], tf.float32)
     box_t, cls_t, num_pos = ssd_targets_batched(gt, [[1, 2]], [2], anchors)
     assert int(num_pos[0]) > 2

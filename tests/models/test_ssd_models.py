@@ -125,8 +125,12 @@ def test_vgg_trainable_backbone_stages_freezes_early_stages():
 
 
 def test_factory_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="unknown model 'ssd_mobilenet'"):
+    with pytest.raises(ValueError, match="unknown preset 'ssd_mobilenet'"):
         ssd_tf.build_model("ssd_mobilenet")
+    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['depth'\]"):
+        ssd_tf.build_model("ssd_resnet34", depth=50)
+    with pytest.raises(ValueError, match="width_multiplier must be > 0"):
+        ssd_tf.build_model("ssd_resnet34", width_multiplier=0)
     with pytest.raises(ValueError, match="num_classes"):
         ssd_tf.build_model("ssd_resnet34", num_classes=1)
     with pytest.raises(ValueError, match="image_size"):

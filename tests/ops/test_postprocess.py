@@ -3,11 +3,18 @@ import pytest
 import tensorflow as tf
 
 from ssd_tf.ops import box_coder
-from ssd_tf.ops.anchors import ssd_default_boxes
-from ssd_tf.ops.boxes import clip_boxes
-from ssd_tf.ops.postprocess import POSTPROCESS_DEFAULTS, ssd_postprocess
+import dataclasses
 
-ANCHORS = ssd_default_boxes("ssd_resnet34")
+import ssd_tf
+from ssd_tf import presets
+from ssd_tf.ops.boxes import clip_boxes
+from ssd_tf.ops.postprocess import ssd_postprocess
+
+ANCHORS = ssd_tf.default_boxes("ssd_resnet34")
+
+
+def _defaults(name):
+    return dataclasses.asdict(presets.preset(name).model.postprocess)
 
 
 def _reference(box_regression, class_logits, score_threshold, iou_threshold, max_candidates_per_class,
@@ -29,7 +36,7 @@ def _reference(box_regression, class_logits, score_threshold, iou_threshold, max
 
 
 @pytest.mark.parametrize("params", [
-    dict(POSTPROCESS_DEFAULTS["ssd_resnet34"]),
+    _defaults("ssd_resnet34"),
     dict(score_threshold=0.02, iou_threshold=0.45, max_candidates_per_class=40, max_detections=100,
          wh_clip=box_coder.TORCHVISION_WH_CLIP),
 ])
@@ -59,7 +66,7 @@ def test_single_confident_box():
     logits[0, anchor] = [0, 0, 0, 12.0, 0]
     codes = np.zeros((1, 8732, 4), np.float32)
     codes[0, anchor] = [0.5, -0.3, 0.4, -0.2]
-    fn = tf.function(lambda r, l: ssd_postprocess(r, l, ANCHORS, **POSTPROCESS_DEFAULTS["ssd_vgg16"]))
+    fn = tf.function(lambda r, l: ssd_postprocess(r, l, ANCHORS, **_defaults("ssd_vgg16")))
     out = fn(tf.constant(codes), tf.constant(logits))
     assert out["num_detections"].numpy().tolist() == [1]
     assert out["classes"].numpy()[0, 0] == 3
@@ -70,14 +77,14 @@ def test_single_confident_box():
 
 
 def test_defaults_from_references():
-    assert POSTPROCESS_DEFAULTS["ssd_resnet34"] == dict(score_threshold=0.05, iou_threshold=0.5,
+    assert _defaults("ssd_resnet34") == dict(score_threshold=0.05, iou_threshold=0.5,
                                                         max_candidates_per_class=200, max_detections=200,
                                                         wh_clip=None)
-    tv = POSTPROCESS_DEFAULTS["ssd_vgg16"]
+    tv = _defaults("ssd_vgg16")
     assert (tv["score_threshold"], tv["iou_threshold"], tv["max_candidates_per_class"], tv["max_detections"]) \
         == (0.01, 0.45, 400, 200)
     assert tv["wh_clip"] == pytest.approx(np.log(1000 / 16))
-    voc = POSTPROCESS_DEFAULTS["ssd_vgg16_voc"]
+    voc = _defaults("ssd_vgg16_voc")
     assert (voc["score_threshold"], voc["iou_threshold"], voc["max_candidates_per_class"]) == (0.01, 0.45, 200)
 
 

@@ -3,11 +3,11 @@ import pytest
 import tensorflow as tf
 
 from ssd_tf.ops import box_coder
-from ssd_tf.ops.anchors import ssd_default_boxes
+import ssd_tf
 from ssd_tf.ops.matcher import match_anchors
 from ssd_tf.ops.targets import ssd_targets, ssd_targets_batched
 
-ANCHORS = ssd_default_boxes("ssd_resnet34")
+ANCHORS = ssd_tf.default_boxes("ssd_resnet34")
 
 
 def test_tiny_gt_is_forced_onto_exactly_one_anchor():

@@ -17,7 +17,10 @@ if not torch_available():
 
 import ssd_tf  # noqa: E402
 from ssd_tf.ops.anchors import order_permutation  # noqa: E402
-from ssd_tf.ops.postprocess import POSTPROCESS_DEFAULTS, ssd_postprocess  # noqa: E402
+import dataclasses  # noqa: E402
+
+from ssd_tf import presets  # noqa: E402
+from ssd_tf.ops.postprocess import ssd_postprocess  # noqa: E402
 from ssd_tf.weights.layouts import mlperf_to_package_anchor_order  # noqa: E402
 from ssd_tf.weights.mlperf import load_mlperf_ssd_r34  # noqa: E402
 from ssd_tf.weights.torchvision import load_torchvision_ssd_resnet34  # noqa: E402
@@ -51,7 +54,7 @@ def test_ssd_resnet34_matches_torchvision_ssd(reference):
     assert max(box_diff, logit_diff) <= RAW_ATOL * max(1.0, scale)
 
     anchors = ref["anchors_xyxy"][:, XY_TO_YX] / 300.0  # torchvision's boxes (w,h clipped only)
-    ours = ssd_postprocess(boxes, logits, anchors, **POSTPROCESS_DEFAULTS["ssd_resnet34"])
+    ours = ssd_postprocess(boxes, logits, anchors, **dataclasses.asdict(presets.preset("ssd_resnet34").model.postprocess))
     worst = [match_detections(ours, ref, i) for i in range(len(images))]
     score_diff, box_px = max(w[0] for w in worst), max(w[1] for w in worst)
     print(f"ssd_resnet34 detection parity: max|score diff| = {score_diff:.3g}, max|box diff| = {box_px:.3g} px")
@@ -63,7 +66,7 @@ def test_ssd_resnet34_matches_mlperf_ref_layout(reference):
     model = ssd_tf.build_model("ssd_resnet34")
     report = load_mlperf_ssd_r34(model, str(outdir / "mlperf_ref.pth"))
     assert report["skipped_layers"] == [] and report["assigned_tensors"] == len(model.weights)
-    perm = order_permutation("ssd_resnet34", "ayx", "yxa")
+    perm = order_permutation(presets.preset("ssd_resnet34").model.anchors, "ayx", "yxa")
     np.testing.assert_array_equal(perm, mlperf_to_package_anchor_order())
     # REF locs [N,4,8732] (x,y,w,h; (a,y,x)) -> [N,8732,4] (y,x,h,w; (y,x,a)); confs [N,81,8732] likewise.
     ref_boxes = ref["ref_locs"].transpose(0, 2, 1)[:, perm][..., XY_TO_YX]

@@ -14,7 +14,10 @@ if not torch_available():
 
 import keras  # noqa: E402
 import ssd_tf  # noqa: E402
-from ssd_tf.ops.postprocess import POSTPROCESS_DEFAULTS, ssd_postprocess  # noqa: E402
+import dataclasses  # noqa: E402
+
+from ssd_tf import presets  # noqa: E402
+from ssd_tf.ops.postprocess import ssd_postprocess  # noqa: E402
 from ssd_tf.weights.torchvision import load_torchvision_ssd300_vgg16  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -61,7 +64,7 @@ def test_ssd300_vgg16_raw_outputs_and_detections_match_torchvision(reference):
     # Default boxes equal torchvision's DefaultBoxGenerator output (xyxy pixels -> yxyx normalised).
     anchors = ssd_tf.default_boxes("ssd_vgg16")
     np.testing.assert_allclose(ref["anchors_xyxy"][:, [1, 0, 3, 2]] / 300.0, anchors, atol=1e-6)
-    ours = ssd_postprocess(boxes, logits, anchors, **POSTPROCESS_DEFAULTS["ssd_vgg16"])
+    ours = ssd_postprocess(boxes, logits, anchors, **dataclasses.asdict(presets.preset("ssd_vgg16").model.postprocess))
     worst = [match_detections(ours, ref, i) for i in range(len(images))]
     score_diff, box_px = max(w[0] for w in worst), max(w[1] for w in worst)
     print(f"ssd_vgg16 detection parity: max|score diff| = {score_diff:.3g}, max|box diff| = {box_px:.3g} px")
