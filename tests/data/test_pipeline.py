@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from ssd_tf.data.example import encode_example
 from ssd_tf.data.pipeline import build_ssd_dataset, list_files
-from ssd_tf.data.preprocess import denormalize_image, normalize_image
+from ssd_tf.data.preprocess import denormalize_image
+from ssd_tf.presets import model_config
 
 CLASS_IDS = [3, 7, 11]  # dataset ids -> contiguous 1, 2, 3
 NUM_ANCHORS = 8732
@@ -55,7 +56,7 @@ def _eval_items(ds):
 
 def test_train_batch_shapes_dtypes_and_targets(records):
     d, truths = records
-    ds = build_ssd_dataset(str(d / "toy-*"), preset="ssd_vgg16", batch_size=4, is_training=True,
+    ds = build_ssd_dataset(str(d / "toy-*"), model=model_config("ssd_vgg16"), batch_size=4, is_training=True,
                            class_ids=CLASS_IDS, max_boxes=5, shuffle_buffer=8, seed=3)
     images, labels = next(iter(ds))
     assert images.shape == (4, 300, 300, 3) and images.dtype == tf.float32
@@ -75,13 +76,13 @@ def test_train_batch_shapes_dtypes_and_targets(records):
         assert set(ct[ct > 0]) <= set(classes[k, :n[k]])
         assert (labels["num_positives"].numpy()[k] > 0) == (n[k] > 0)  # every gt gets at least its best anchor
     # VGG normalisation: RGB 0..255 minus the mean
-    raw = denormalize_image(images, "ssd_vgg16").numpy()
+    raw = denormalize_image(images, model_config("ssd_vgg16").normalization).numpy()
     assert raw.min() >= -1e-3 and raw.max() <= 255 + 1e-3
 
 
 def test_same_seed_same_batches_and_no_box_images_kept(records):
     d, _ = records
-    kwargs = dict(preset="ssd_resnet34", batch_size=3, is_training=True, class_ids=CLASS_IDS, max_boxes=4,
+    kwargs = dict(model=model_config("ssd_resnet34"), batch_size=3, is_training=True, class_ids=CLASS_IDS, max_boxes=4,
                   shuffle_buffer=4, seed=5, encode_targets=False)  # 12 records: batches of 3
     a = list(build_ssd_dataset(str(d / "toy-*"), **kwargs).take(3))
     b = list(build_ssd_dataset(str(d / "toy-*"), **kwargs).take(3))
@@ -94,7 +95,7 @@ def test_same_seed_same_batches_and_no_box_images_kept(records):
 
 def test_eval_fields_preserved(records):
     d, truths = records
-    ds = build_ssd_dataset(str(d / "toy-*"), preset="ssd_resnet34", batch_size=5, is_training=False,
+    ds = build_ssd_dataset(str(d / "toy-*"), model=model_config("ssd_resnet34"), batch_size=5, is_training=False,
                            class_ids=CLASS_IDS, max_boxes=6, cache=True)  # second pass reads the cache
     sizes = [int(images.shape[0]) for images, _ in ds]
     assert sizes == [5, 5, 2]  # one pass, short last batch
@@ -103,7 +104,8 @@ def test_eval_fields_preserved(records):
     for sid, t in truths.items():
         got, n = items[sid], len(t["classes"])
         assert got["num_boxes"] == n
-        np.testing.assert_array_equal(got["original_size"], t["size"])
+        np.testing.assert_array_equal(got["image_info"][0], t["size"])
+        np.testing.assert_allclose(got["image_info"][2], 300.0 / np.asarray(t["size"]), rtol=1e-6)
         np.testing.assert_allclose(got["boxes"][:n], t["boxes"], atol=1e-6)
         np.testing.assert_array_equal(got["classes"][:n], t["classes"])
         np.testing.assert_array_equal(got["is_crowd"][:n], np.array(t["crowd"], bool))
@@ -117,12 +119,22 @@ def test_eval_image_is_resized_and_normalised(tmp_path):
                          source_id="a", filename="a.png")
     with tf.io.TFRecordWriter(str(tmp_path / "one.tfrecord")) as w:
         w.write(rec)
-    for preset in ("ssd_resnet34", "ssd_vgg16"):
-        ds = build_ssd_dataset(str(tmp_path / "one.tfrecord"), preset=preset, batch_size=1, is_training=False,
-                               class_ids=CLASS_IDS)
+    # The references' constants, written out: MLPerf / torchvision ImageNet (RGB / 255, mean, std) and
+    # torchvision ssd300_vgg16 / ssd.pytorch (RGB 0..255 minus (123, 117, 104)).
+    resized = tf.image.resize(tf.cast(img, tf.float32), (300, 300)).numpy()
+    expected = {
+        "ssd_resnet34": (resized / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+        "ssd_vgg16": resized - np.array([123.0, 117.0, 104.0]),
+    }
+    for preset, want in expected.items():
+        ds = build_ssd_dataset(str(tmp_path / "one.tfrecord"), model=model_config(preset), batch_size=1,
+                               is_training=False, class_ids=CLASS_IDS)
         images, labels = next(iter(ds))
-        want = normalize_image(tf.image.resize(tf.cast(img, tf.float32), (300, 300)), preset)
-        np.testing.assert_allclose(images[0].numpy(), want.numpy(), atol=1e-4)
+        np.testing.assert_allclose(images[0].numpy(), want, atol=1e-4)
+        # a known pixel, by hand: (r, g, b) at (0, 0) of the resized image
+        r, g, b = resized[0, 0]
+        first = ((r / 255 - 0.485) / 0.229) if preset == "ssd_resnet34" else r - 123.0
+        assert images[0, 0, 0, 0].numpy() == pytest.approx(first, abs=1e-4)
         assert labels["num_boxes"].numpy()[0] == 0
 
 
@@ -133,7 +145,7 @@ def test_input_context_shards_without_overlap(records, single_file):
     seen = []
     for pid in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid)
-        ds = build_ssd_dataset(pattern, preset="ssd_vgg16", batch_size=4, is_training=False, class_ids=CLASS_IDS,
+        ds = build_ssd_dataset(pattern, model=model_config("ssd_vgg16"), batch_size=4, is_training=False, class_ids=CLASS_IDS,
                                input_context=ctx)
         seen.append(set(_eval_items(ds)))
     expected = {f"img{i}" for i in range(6)} if single_file else set(truths)
@@ -144,7 +156,7 @@ def test_input_context_shards_without_overlap(records, single_file):
 def test_no_matching_file_names_the_pattern(tmp_path):
     pattern = str(tmp_path / "missing-*.tfrecord")
     with pytest.raises(FileNotFoundError, match="missing-"):
-        build_ssd_dataset(pattern, preset="ssd_vgg16", batch_size=2, is_training=True, class_ids=CLASS_IDS)
+        build_ssd_dataset(pattern, model=model_config("ssd_vgg16"), batch_size=2, is_training=True, class_ids=CLASS_IDS)
     with pytest.raises(FileNotFoundError):
         list_files("")
 
@@ -153,7 +165,7 @@ def test_unknown_class_id_is_an_error_naming_the_record(tmp_path):
     rec, _ = _record(1, np.random.default_rng(2), labels=[3, 99])
     with tf.io.TFRecordWriter(str(tmp_path / "bad.tfrecord")) as w:
         w.write(rec)
-    ds = build_ssd_dataset(str(tmp_path / "bad.tfrecord"), preset="ssd_vgg16", batch_size=1, is_training=False,
+    ds = build_ssd_dataset(str(tmp_path / "bad.tfrecord"), model=model_config("ssd_vgg16"), batch_size=1, is_training=False,
                            class_ids=CLASS_IDS)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)img1.*99"):
         next(iter(ds))
@@ -161,10 +173,10 @@ def test_unknown_class_id_is_an_error_naming_the_record(tmp_path):
 
 def test_argument_validation(records):
     d, _ = records
-    with pytest.raises(ValueError, match="preset"):
-        build_ssd_dataset(str(d / "toy-*"), preset="yolo", batch_size=2, is_training=True, class_ids=CLASS_IDS)
+    with pytest.raises(ValueError, match="SSDModelConfig"):
+        build_ssd_dataset(str(d / "toy-*"), model="yolo", batch_size=2, is_training=True, class_ids=CLASS_IDS)
     with pytest.raises(ValueError, match="class_ids"):
-        build_ssd_dataset(str(d / "toy-*"), preset="ssd_vgg16", batch_size=2, is_training=True, class_ids=[1, 1])
+        build_ssd_dataset(str(d / "toy-*"), model=model_config("ssd_vgg16"), batch_size=2, is_training=True, class_ids=[1, 1])
     with pytest.raises(ValueError, match="augmentation"):
-        build_ssd_dataset(str(d / "toy-*"), preset="ssd_vgg16", batch_size=2, is_training=True,
+        build_ssd_dataset(str(d / "toy-*"), model=model_config("ssd_vgg16"), batch_size=2, is_training=True,
                           class_ids=CLASS_IDS, augmentation="heavy")
