@@ -1,4 +1,4 @@
-"""Model detections (normalised yxyx, contiguous classes) -> COCO results (xywh pixels, dataset category ids).
+"""Model detections (yxyx original-image pixels, contiguous classes) -> COCO results (xywh pixels, dataset ids).
 
 This is the one place where the contiguous class ids of the model are mapped back to the dataset's ids and
 where boxes leave the package's [ymin, xmin, ymax, xmax] convention.
@@ -38,20 +38,18 @@ def _image_ids(source_ids: np.ndarray, image_id_map: Mapping[str, int] | None) -
                          "'source_id_to_image_id' from coco_gt_from_tfrecords)") from None
 
 
-def _columns(boxes, scores, classes, num_detections, source_ids, original_sizes, class_ids, image_id_map):
+def _columns(boxes, scores, classes, num_detections, source_ids, class_ids, image_id_map, pixel_offset=0.0):
     """Validated, vectorised conversion -> (image_id [D], category_id [D], bbox [D,4] xywh, score [D])."""
     boxes = np.asarray(boxes, np.float64)
     scores = np.asarray(scores, np.float64)
     classes = np.asarray(classes)
     num_detections = np.asarray(num_detections).reshape(-1).astype(np.int64)
     source_ids = np.asarray(source_ids).reshape(-1)
-    sizes = np.asarray(original_sizes, np.float64)
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be [N, K, 4], got shape {boxes.shape}")
     n, k = boxes.shape[:2]
     for name, arr, shape in (("scores", scores, (n, k)), ("classes", classes, (n, k)),
-                             ("num_detections", num_detections, (n,)), ("source_ids", source_ids, (n,)),
-                             ("original_sizes", sizes, (n, 2))):
+                             ("num_detections", num_detections, (n,)), ("source_ids", source_ids, (n,))):
         if arr.shape != shape:
             raise ValueError(f"{name} must have shape {shape} to match boxes {boxes.shape}, got {arr.shape}")
     if np.any(num_detections < 0) or np.any(num_detections > k):
@@ -67,9 +65,8 @@ def _columns(boxes, scores, classes, num_detections, source_ids, original_sizes,
         i = bad[0]
         raise ValueError(f"image {img_idx[i]} detection {det_idx[i]} has class {cls[i]}, outside the contiguous "
                          f"range 1..{len(lookup) - 1} given by class_ids")
-    b = boxes[img_idx, det_idx]  # [D, 4] yxyx normalised
-    h, w = sizes[img_idx, 0], sizes[img_idx, 1]
-    xywh = np.stack([b[:, 1] * w, b[:, 0] * h, (b[:, 3] - b[:, 1]) * w, (b[:, 2] - b[:, 0]) * h], axis=1)
+    b = boxes[img_idx, det_idx]  # [D, 4] yxyx pixels
+    xywh = np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1] + pixel_offset, b[:, 2] - b[:, 0] + pixel_offset], axis=1)
     image_ids = _image_ids(source_ids, image_id_map)[img_idx] if n else np.zeros(0, np.int64)
     return (image_ids, lookup[cls], np.round(xywh, BOX_DECIMALS),
             np.round(scores[img_idx, det_idx], SCORE_DECIMALS))
@@ -80,22 +77,24 @@ def _to_dicts(image_ids, category_ids, bboxes, scores) -> list[dict]:
             for i, c, b, s in zip(image_ids.tolist(), category_ids.tolist(), bboxes.tolist(), scores.tolist())]
 
 
-def detections_to_coco(boxes, scores, classes, num_detections, source_ids, original_sizes,
-                       class_ids: Sequence[int], image_id_map: Mapping[str, int] | None = None) -> list[dict]:
+def detections_to_coco(boxes, scores, classes, num_detections, source_ids, class_ids: Sequence[int],
+                       image_id_map: Mapping[str, int] | None = None, pixel_offset: float = 0.0) -> list[dict]:
     """Batched detections -> COCO results list.
 
     Args:
-      boxes: [N, K, 4] normalised [ymin, xmin, ymax, xmax]; scores: [N, K]; classes: [N, K] contiguous ids 1..C-1.
+      boxes: [N, K, 4] [ymin, xmin, ymax, xmax] in original-image pixels; scores: [N, K]; classes: [N, K]
+        contiguous ids 1..C-1.
       num_detections: [N] valid rows per image (rows beyond are padding and skipped).
-      source_ids: [N] image/source_id (bytes, str or int); original_sizes: [N, 2] (height, width) in pixels.
+      source_ids: [N] image/source_id (bytes, str or int).
       class_ids: dataset category id of each contiguous id (contiguous i -> class_ids[i - 1]).
       image_id_map: {source_id str: COCO image id}; default int(source_id).
+      pixel_offset: 1 for maskrcnn-benchmark's inclusive-pixel export (w = x2 - x1 + 1), else 0.
 
     Returns:
       [{"image_id": int, "category_id": int, "bbox": [x, y, w, h] pixels (2 decimals), "score": float}, ...]
     """
-    return _to_dicts(*_columns(boxes, scores, classes, num_detections, source_ids, original_sizes, class_ids,
-                               image_id_map))
+    return _to_dicts(*_columns(boxes, scores, classes, num_detections, source_ids, class_ids, image_id_map,
+                               pixel_offset))
 
 
 def write_coco_results(dets: Sequence[Mapping], path: str | os.PathLike) -> str:
@@ -117,7 +116,7 @@ class CocoDetectionAccumulator:
     """
 
     def __init__(self, class_ids: Sequence[int], image_id_map: Mapping[str, int] | None = None,
-                 on_duplicate: str = "error"):
+                 on_duplicate: str = "error", pixel_offset: float = 0.0):
         if not len(class_ids):
             raise ValueError("class_ids must not be empty")
         if on_duplicate not in ("error", "skip"):
@@ -125,6 +124,7 @@ class CocoDetectionAccumulator:
         self.class_ids = [int(c) for c in class_ids]
         self.image_id_map = image_id_map
         self.on_duplicate = on_duplicate
+        self.pixel_offset = float(pixel_offset)
         self._chunks: list[tuple[np.ndarray, ...]] = []
         self._seen: set[int] = set()
         self.num_duplicates_skipped = 0
@@ -133,10 +133,14 @@ class CocoDetectionAccumulator:
     def num_images(self) -> int:
         return len(self._seen)
 
+    def image_ids(self) -> set:
+        """The COCO image ids added so far (images without detections included)."""
+        return set(self._seen)
+
     def __len__(self) -> int:
         return sum(len(c[0]) for c in self._chunks)
 
-    def add_batch(self, boxes, scores, classes, num_detections, source_ids, original_sizes) -> None:
+    def add_batch(self, boxes, scores, classes, num_detections, source_ids) -> None:
         """Add one batch (arguments as in detections_to_coco; numpy or anything np.asarray accepts)."""
         source_ids = np.asarray(source_ids).reshape(-1)
         batch_ids = _image_ids(source_ids, self.image_id_map)
@@ -151,10 +155,10 @@ class CocoDetectionAccumulator:
             self._seen.add(image_id)
         if not keep.all():
             take = lambda a: np.asarray(a)[keep]  # noqa: E731
-            boxes, scores, classes, num_detections, source_ids, original_sizes = map(
-                take, (boxes, scores, classes, num_detections, source_ids, original_sizes))
-        self._chunks.append(_columns(boxes, scores, classes, num_detections, source_ids, original_sizes,
-                                     self.class_ids, self.image_id_map))
+            boxes, scores, classes, num_detections, source_ids = map(
+                take, (boxes, scores, classes, num_detections, source_ids))
+        self._chunks.append(_columns(boxes, scores, classes, num_detections, source_ids, self.class_ids,
+                                     self.image_id_map, self.pixel_offset))
 
     def results(self) -> list[dict]:
         """All detections added so far as a COCO results list."""

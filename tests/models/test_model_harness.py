@@ -1,99 +1,134 @@
-"""Shared model harness (KerasHub style): every preset is built, predicts, trains one step, saves and restores.
+"""The shared harness (KerasHub's run_task_test style): every preset goes through the task protocol.
 
-Full 300x300 input, batch 1 (the models only take 300). The training loss is the package's ``ssd_loss`` when it
-is importable, else a stand-in (smooth-L1 on positives + softmax CE) defined here, in the test only.
+For each case: build the model from the preset's config, predict on a batch from the family's own eval parser
+(detections in original-image pixels), one training step on a fixed batch from its train parser lowers the loss,
+save/restore give identical outputs, and the config survives config.json. A new family is one more entry in
+CASES (its preset plus the overrides that make it tiny).
 """
+from __future__ import annotations
+
+import dataclasses
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
-import ssd_tf
-
-PRESETS = ["ssd_resnet34", "ssd_vgg16", "ssd_vgg16_voc"]
-NUM_ANCHORS = 8732
-
-
-def _standin_loss(box_regression, class_logits, box_targets, class_targets):
-    positive = tf.cast(class_targets > 0, tf.float32)  # [B,A]
-    diff = tf.abs(box_regression - box_targets)
-    smooth_l1 = tf.reduce_sum(tf.where(diff < 1.0, 0.5 * diff**2, diff - 0.5), axis=-1)  # [B,A]
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_targets, logits=class_logits)
-    num_pos = tf.maximum(tf.reduce_sum(positive), 1.0)
-    return (tf.reduce_sum(smooth_l1 * positive) + tf.reduce_sum(ce)) / num_pos
+from ssd_tf import config as config_lib
+from ssd_tf import presets
+from ssd_tf.tasks import build_task
+from tiny_data import CLASS_IDS, CLASS_NAMES, SIZES, write_records
 
 
-def _loss_fn():
-    try:
-        from ssd_tf.models.ssd_loss import ssd_loss
-    except ImportError:
-        return _standin_loss
-    return lambda *args: ssd_loss(*args)["total_loss"]
+@dataclasses.dataclass(frozen=True)
+class Case:
+    preset: str
+    overrides: tuple = ()  # (config path, value) pairs that make the model tiny
+
+    def __str__(self):
+        return self.preset
 
 
-def _batch(num_classes, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.normal(size=(1, 300, 300, 3)).astype("float32")
-    class_targets = np.zeros((1, NUM_ANCHORS), "int32")
-    positives = rng.choice(NUM_ANCHORS, size=20, replace=False)
-    class_targets[0, positives] = rng.integers(1, num_classes, size=20)
-    box_targets = rng.normal(scale=0.5, size=(1, NUM_ANCHORS, 4)).astype("float32")
-    return images, box_targets, class_targets
+TINY_SSD = (("model.width_multiplier", 0.125),)
+CASES = [Case("ssd_resnet34", TINY_SSD), Case("ssd_vgg16", TINY_SSD), Case("ssd_vgg16_voc", TINY_SSD)]
+try:  # the Faster R-CNN family joins the harness when its model module is in the checkout
+    import ssd_tf.models.faster_rcnn  # noqa: F401
+except ImportError:
+    pass
+else:
+    CASES.append(Case("faster_rcnn_r50_fpn", (("model.width_multiplier", 0.125), ("model.min_size", 96),
+                                              ("model.max_size", 128), ("model.backbone.trainable_layers", 5))))
 
 
-@pytest.fixture(scope="module", params=PRESETS)
-def preset(request):
+
+def _config(case: Case, pattern: str):
+    cfg = presets.preset(case.preset)
+    for path, value in case.overrides:
+        config_lib.set_value(cfg, path, value)
+    cfg.override("data", training_file_pattern=pattern, validation_file_pattern=pattern, class_ids=CLASS_IDS,
+                 class_names=CLASS_NAMES, num_train_images=len(SIZES), shuffle_buffer=4)
+    cfg.override("train", train_batch_size=2, seed=3)
+    cfg.override("eval", eval_batch_size=2)
+    cfg.model.num_classes = len(CLASS_IDS) + 1
+    return config_lib.validate(cfg)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=str)
+def harness(request, tmp_path_factory):
+    pattern = write_records(tmp_path_factory.mktemp("records"))
+    cfg = _config(request.param, pattern)
     keras.utils.set_random_seed(1)
-    return request.param, ssd_tf.build_model(request.param)
+    task = build_task(cfg, global_batch_size=2)
+    return cfg, task, task.build_model()
 
 
-def test_predict_shapes_and_dtypes(preset):
-    name, model = preset
-    num_classes = {"ssd_resnet34": 81, "ssd_vgg16": 91, "ssd_vgg16_voc": 21}[name]
-    images, _, _ = _batch(num_classes)
-    boxes, logits = model.predict(images, verbose=0)
-    assert boxes.shape == (1, NUM_ANCHORS, 4) and logits.shape == (1, NUM_ANCHORS, num_classes)
-    assert boxes.dtype == np.float32 and logits.dtype == np.float32
-    assert np.isfinite(boxes).all() and np.isfinite(logits).all()
+def _eval_batch(task):
+    return next(iter(task.build_eval_dataset()))
 
 
-def test_save_and_restore_gives_identical_outputs(preset, tmp_path):
-    name, model = preset
-    images, _, _ = _batch(model.output_shape[1][-1], seed=1)
-    path = tmp_path / f"{name}.weights.h5"
-    model.save_weights(path)
-    keras.utils.set_random_seed(2)  # the fresh model starts from different random weights
-    fresh = ssd_tf.build_model(name)
-    before = fresh(images, training=False)[1].numpy()
-    fresh.load_weights(path)
-    expected = model(images, training=False)
-    restored = fresh(images, training=False)
-    assert not np.allclose(before, expected[1].numpy())
-    for a, b in zip(expected, restored):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+def test_predict_gives_detections_in_original_pixels(harness):
+    cfg, task, model = harness
+    images, labels = _eval_batch(task)
+    dets = {k: v.numpy() for k, v in task.predict_fn(model)(images, labels["image_info"]).items()}
+    b = images.shape[0]
+    k = dets["boxes"].shape[1]
+    assert dets["boxes"].shape == (b, k, 4) and dets["boxes"].dtype == np.float32
+    assert dets["scores"].shape == (b, k) and dets["classes"].shape == (b, k) and dets["num_detections"].shape == (b,)
+    assert np.isfinite(dets["boxes"]).all() and np.isfinite(dets["scores"]).all()
+    original = labels["image_info"].numpy()[:, 0]  # (h, w) per image
+    for i in range(b):
+        n = int(dets["num_detections"][i])
+        assert 0 <= n <= k
+        boxes = dets["boxes"][i, :n]
+        assert (boxes >= -1e-3).all() and (boxes[:, [0, 2]] <= original[i, 0] + 1e-3).all() \
+            and (boxes[:, [1, 3]] <= original[i, 1] + 1e-3).all()
+        assert ((dets["classes"][i, :n] >= 1) & (dets["classes"][i, :n] < cfg.model.num_classes)).all()
+        assert ((dets["scores"][i, :n] >= 0) & (dets["scores"][i, :n] <= 1)).all()
 
 
-def test_one_training_step_lowers_the_loss(preset):
-    name, model = preset
-    num_classes = model.output_shape[1][-1]
-    images, box_targets, class_targets = _batch(num_classes, seed=3)
-    loss_fn = _loss_fn()
-    optimizer = keras.optimizers.SGD(learning_rate=1e-4, momentum=0.0)
-
-    def loss_value(training):
-        boxes, logits = model(images, training=training)
-        return loss_fn(boxes, logits, box_targets, class_targets)
-
-    # BatchNorm in training mode (batch statistics) for both measurements, so they are comparable;
-    # the moving statistics are restored so the step only changes trainable weights.
+def test_one_training_step_lowers_the_loss(harness):
+    cfg, task, model = harness
+    images, labels = next(iter(task.build_train_dataset(None, 0)))
+    optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.0)
     moving = [w.numpy() for w in model.non_trainable_weights]
-    before = float(loss_value(True))
+
+    def loss():
+        return float(task.compute_losses(model, images, labels)["total_loss"])
+
+    before = loss()
     with tf.GradientTape() as tape:
-        loss = loss_value(True)
-    grads = tape.gradient(loss, model.trainable_weights)
+        losses = task.compute_losses(model, images, labels)
+    assert set(task.loss_names) <= set(losses)
+    grads = tape.gradient(losses["total_loss"], model.trainable_variables)
     assert all(g is not None for g in grads)
-    optimizer.apply_gradients(zip(grads, model.trainable_weights))
-    after = float(loss_value(True))
-    for w, v in zip(model.non_trainable_weights, moving):
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    after = loss()
+    for w, v in zip(model.non_trainable_weights, moving):  # only the step's trainable change counts
         w.assign(v)
     assert np.isfinite(before) and after < before, (before, after)
+
+
+def test_save_and_restore_give_identical_outputs(harness, tmp_path):
+    cfg, task, model = harness
+    images, labels = _eval_batch(task)
+    path = tmp_path / "weights.weights.h5"
+    model.save_weights(path)
+    keras.utils.set_random_seed(2)  # the fresh model starts from other random weights
+    fresh = task.build_model()
+    predict = task.predict_fn(model)
+    expected = predict(images, labels["image_info"])
+    fresh.load_weights(path)
+    restored = task.predict_fn(fresh)(images, labels["image_info"])
+    for key in expected:
+        np.testing.assert_array_equal(expected[key].numpy(), restored[key].numpy(), err_msg=key)
+
+
+def test_config_round_trip_rebuilds_the_same_model(harness, tmp_path):
+    cfg, task, model = harness
+    config_lib.save(cfg, str(tmp_path))
+    loaded = config_lib.load(str(tmp_path))
+    assert loaded == cfg and loaded.to_json() == cfg.to_json()
+    keras.utils.set_random_seed(1)
+    again = build_task(loaded).build_model()
+    assert again.count_params() == model.count_params()
+    assert [w.shape for w in again.weights] == [w.shape for w in model.weights]

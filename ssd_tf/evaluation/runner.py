@@ -1,0 +1,94 @@
+"""The evaluation driver every family shares: batches of detections + ground truth -> COCO or VOC metrics.
+
+Input, per batch (numpy): detections ``{boxes [B,K,4] yxyx in original-image pixels, scores [B,K], classes
+[B,K] contiguous ids (1 = first class), num_detections [B]}`` and labels ``{source_id [B], image_info [B,4,2],
+boxes [B,M,4] normalised to the original image, classes [B,M], num_boxes [B], difficult [B,M]}`` — what a task's
+``predict_fn`` and eval dataset give.
+
+* COCO: ground truth from ``val_json_file`` or rebuilt from the validation TFRecords. When fewer images were
+  evaluated than the ground truth holds (``--eval_steps``), the ground truth is restricted to the evaluated
+  images, so AP is not deflated by images that were never looked at; ``num_images`` records the count.
+* VOC07 / VOC2010+: class labels 1..K are named by ``class_names[label - 1]``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterable
+
+import numpy as np
+
+
+def _restrict_gt(gt: dict, image_ids: set) -> dict:
+    """The ground truth of the given image ids only (categories kept)."""
+    out = dict(gt)
+    out["images"] = [img for img in gt["images"] if img["id"] in image_ids]
+    out["annotations"] = [a for a in gt["annotations"] if a["image_id"] in image_ids]
+    return out
+
+
+def evaluate_coco_batches(batches: Iterable, *, class_ids, class_names, val_json_file: str = "",
+                          validation_file_pattern: str = "", backend: str = "faster", pixel_offset: float = 0.0,
+                          log=print) -> dict:
+    from ssd_tf.evaluation import coco, export
+
+    t0 = time.perf_counter()
+    if val_json_file:
+        with open(val_json_file) as f:
+            gt = json.load(f)
+    else:
+        gt = coco.coco_gt_from_tfrecords(validation_file_pattern,
+                                         label_map=dict(zip(class_ids, class_names)) or None)
+    image_id_map = gt.get("source_id_to_image_id")  # records' source ids -> COCO image ids
+    acc = export.CocoDetectionAccumulator(class_ids=list(class_ids), image_id_map=image_id_map,
+                                          pixel_offset=pixel_offset)
+    for dets, labels in batches:
+        acc.add_batch(boxes=dets["boxes"], scores=dets["scores"], classes=dets["classes"],
+                      num_detections=dets["num_detections"], source_ids=labels["source_id"])
+    evaluated = acc.image_ids()
+    gt_images = {img["id"] for img in gt["images"]}
+    if evaluated != gt_images:
+        unknown = evaluated - gt_images
+        if unknown:
+            raise ValueError(f"{len(unknown)} evaluated image(s) are not in the ground truth, e.g. image id "
+                             f"{sorted(unknown)[0]}; does --val_json_file belong to --validation_file_pattern?")
+        log(f"Scoring the {len(evaluated)} evaluated images of the {len(gt_images)} in the ground truth")
+        gt = _restrict_gt(gt, evaluated)
+    metrics = coco.evaluate_coco(gt, acc.results(), backend=backend)
+    metrics["num_images"] = len(evaluated)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def evaluate_voc_batches(batches: Iterable, *, class_names, use_07_metric: bool) -> dict:
+    from ssd_tf.evaluation import voc
+
+    t0 = time.perf_counter()
+    detections, ground_truths = [], []
+    for dets, labels in batches:
+        for i in range(dets["boxes"].shape[0]):
+            k, g = int(dets["num_detections"][i]), int(labels["num_boxes"][i])
+            size = np.asarray(labels["image_info"][i, 0], np.float64)  # original (height, width)
+            gt_boxes = np.asarray(labels["boxes"][i, :g], np.float64) * np.concatenate([size, size])
+            difficult = labels.get("difficult", np.zeros_like(labels["classes"]))[i, :g]
+            detections.append({"boxes": dets["boxes"][i, :k], "labels": dets["classes"][i, :k],
+                               "scores": dets["scores"][i, :k]})
+            ground_truths.append({"boxes": gt_boxes, "labels": labels["classes"][i, :g], "difficult": difficult})
+    names = {i + 1: name for i, name in enumerate(class_names)}  # contiguous label i + 1 -> class_names[i]
+    metrics = voc.evaluate_voc(detections, ground_truths, class_names=names, use_07_metric=use_07_metric)
+    metrics["num_images"] = len(detections)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def evaluate_batches(batches: Iterable, *, metric: str, class_ids, class_names, val_json_file: str = "",
+                     validation_file_pattern: str = "", backend: str = "faster", pixel_offset: float = 0.0,
+                     log=print) -> dict:
+    """Scores detection batches (see the module docstring) with ``metric`` coco | voc07 | voc."""
+    if metric == "coco":
+        return evaluate_coco_batches(batches, class_ids=class_ids, class_names=class_names,
+                                     val_json_file=val_json_file, validation_file_pattern=validation_file_pattern,
+                                     backend=backend, pixel_offset=pixel_offset, log=log)
+    if metric in ("voc07", "voc"):
+        return evaluate_voc_batches(batches, class_names=class_names, use_07_metric=metric == "voc07")
+    raise ValueError(f"eval metric must be coco, voc07 or voc, got {metric!r}")
