@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ssd_tf.data.example import encode_example  # noqa: E402
-from ssd_tf.data.pipeline import MATCHING, build_ssd_dataset  # noqa: E402
+from ssd_tf import presets  # noqa: E402
+from ssd_tf.data.pipeline import build_ssd_dataset  # noqa: E402
 from ssd_tf.ops.anchors import ssd_default_boxes  # noqa: E402
 from ssd_tf.ops.targets import ssd_targets_batched  # noqa: E402
 
@@ -63,8 +64,8 @@ def build_records(tmp):
 
 
 def pipeline_rate(path, class_ids, preset, batch, images, warmup, encode_targets):
-    ds = build_ssd_dataset(path, preset=preset, batch_size=batch, is_training=True, class_ids=class_ids,
-                           shuffle_buffer=64, seed=0, encode_targets=encode_targets)
+    ds = build_ssd_dataset(path, model=presets.model_config(preset), batch_size=batch, is_training=True,
+                           class_ids=class_ids, shuffle_buffer=64, seed=0, encode_targets=encode_targets)
     it = iter(ds)
     for _ in range(warmup):
         next(it)
@@ -79,7 +80,8 @@ def pipeline_rate(path, class_ids, preset, batch, images, warmup, encode_targets
 
 def step_targets_cost(preset, batch, reps=20, max_boxes=100):
     """CPU/wall cost of encoding a batch of targets inside a (non-XLA and XLA) tf.function."""
-    anchors = tf.constant(ssd_default_boxes(preset))
+    model = presets.model_config(preset)
+    anchors = tf.constant(ssd_default_boxes(model.anchors))
     rng = np.random.default_rng(0)
     yx = rng.uniform(0, 0.6, (batch, max_boxes, 2))
     boxes = tf.constant(np.concatenate([yx, yx + rng.uniform(0.05, 0.4, (batch, max_boxes, 2))], -1), tf.float32)
@@ -87,7 +89,8 @@ def step_targets_cost(preset, batch, reps=20, max_boxes=100):
     num = tf.constant(rng.integers(1, 20, (batch,)), tf.int32)
     out = {}
     for xla in (False, True):
-        fn = tf.function(lambda b, c, n: ssd_targets_batched(b, c, n, anchors, **MATCHING[preset]), jit_compile=xla)
+        match = dict(iou_threshold=model.matching.iou_threshold, strict_threshold=model.matching.strict)
+        fn = tf.function(lambda b, c, n: ssd_targets_batched(b, c, n, anchors, **match), jit_compile=xla)
         fn(boxes, classes, num)
         w0, c0 = time.perf_counter(), time.process_time()
         for _ in range(reps):

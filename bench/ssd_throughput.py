@@ -18,14 +18,24 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ssd_tf.models.factory import build_model  # noqa: E402
+import dataclasses  # noqa: E402
+
+from ssd_tf import presets  # noqa: E402
+from ssd_tf.models.factory import build_from_config  # noqa: E402
 from ssd_tf.models.ssd_loss import ssd_loss  # noqa: E402
 from ssd_tf.ops.anchors import ssd_default_boxes  # noqa: E402
-from ssd_tf.ops.postprocess import POSTPROCESS_DEFAULTS, ssd_postprocess  # noqa: E402
+from ssd_tf.ops.postprocess import ssd_postprocess  # noqa: E402
 from ssd_tf.ops.targets import ssd_targets_batched  # noqa: E402
 from ssd_tf.training.optimizer import MomentumSGD  # noqa: E402
 
-NUM_CLASSES = {"ssd_resnet34": 81, "ssd_vgg16": 91, "ssd_vgg16_voc": 21}
+
+def _all_layers(model):
+    stack, out = list(model.layers), []
+    while stack:
+        layer = stack.pop(0)
+        out.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return out
 
 
 def forward_flops(model) -> float:
@@ -33,7 +43,7 @@ def forward_flops(model) -> float:
     import keras
 
     total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
             out = layer.output.shape  # [B, H, W, C]
             kh, kw = layer.kernel_size
@@ -66,13 +76,14 @@ def synthetic_batch(preset, batch, num_classes, anchors, seed=0):
 
 
 def bench_step(preset, batch, steps, warmup, xla):
-    anchors = tf.constant(ssd_default_boxes(preset), tf.float32)
-    nc = NUM_CLASSES[preset]
-    model = build_model(preset, num_classes=nc)
+    cfg = presets.model_config(preset)
+    anchors = tf.constant(ssd_default_boxes(cfg.anchors), tf.float32)
+    nc = cfg.num_classes
+    model = build_from_config(cfg)
     opt = MomentumSGD(1e-4, momentum=0.9, weight_decay=5e-4)
     opt.build(model.trainable_variables)
     images, box_t, cls_t = synthetic_batch(preset, batch, nc, anchors)
-    norm = "per_image" if preset == "ssd_resnet34" else "per_batch"
+    norm = cfg.loss_normalization
 
     def grads(images, box_t, cls_t):
         with tf.GradientTape() as tape:
@@ -89,7 +100,7 @@ def bench_step(preset, batch, steps, warmup, xla):
         return loss
 
     step_time = _timeit(lambda: train_step(images, box_t, cls_t).numpy(), steps, warmup)
-    pp = dict(POSTPROCESS_DEFAULTS[preset])
+    pp = dataclasses.asdict(cfg.postprocess)
 
     @tf.function(jit_compile=False)
     def infer(images):
@@ -137,8 +148,8 @@ def make_records(work):
 def bench_pipeline(preset, pattern, class_ids, batch, batches=40):
     from ssd_tf.data.pipeline import build_ssd_dataset
 
-    ds = build_ssd_dataset(pattern, preset=preset, batch_size=batch, is_training=True, class_ids=class_ids, seed=0,
-                           shuffle_buffer=64)
+    ds = build_ssd_dataset(pattern, model=presets.model_config(preset), batch_size=batch, is_training=True,
+                           class_ids=class_ids, seed=0, shuffle_buffer=64)
     it = iter(ds)
     for _ in range(3):
         next(it)
@@ -150,14 +161,12 @@ def bench_pipeline(preset, pattern, class_ids, batch, batches=40):
 
 def bench_runtime(preset, pattern, class_ids, names, batch, steps, work, bare_step_s):
     """The runtime's full step: Trainer + SSDTask (pipeline, step, loss logging every step)."""
-    from ssd_tf import config as config_lib
     from ssd_tf.tasks.ssd import SSDTask
     from ssd_tf.training import loop
 
-    cfg = config_lib.preset(preset)
+    cfg = presets.preset(preset)
     cfg.data.training_file_pattern = pattern
     cfg.data.class_ids, cfg.data.class_names = class_ids, names
-    cfg.model.num_classes = NUM_CLASSES[preset]
     cfg.data.class_ids = class_ids
     cfg.train.train_batch_size = batch
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")

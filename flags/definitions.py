@@ -17,15 +17,21 @@ def define_data_flags():
     flags.DEFINE_integer("max_boxes", None, "Boxes kept per image (padding size).")
     flags.DEFINE_integer("shuffle_buffer", None, "Shuffle buffer in examples.")
     flags.DEFINE_enum("augmentation", None, ["auto", "mlperf", "ssd", "none"],
-                      "Training augmentation recipe (auto: the preset's reference recipe).")
+                      "SSD models: training augmentation recipe (auto: the preset's reference recipe).")
 
 
 def define_model_flags():
-    flags.DEFINE_string("model", "ssd_resnet34", "Model preset: ssd_resnet34 | ssd_vgg16 | ssd_vgg16_voc.")
+    flags.DEFINE_string("model", "ssd_resnet34", "Model preset: ssd_resnet34 | ssd_vgg16 | ssd_vgg16_voc | "
+                        "faster_rcnn_r50_fpn | faster_rcnn_r101_fpn (each a complete config: model and recipe).")
+    flags.DEFINE_string("config_file", None, "Starting config: a saved config.json or a hand-written JSON/YAML "
+                        "subset such as {model: {name: ssd_vgg16, postprocess: {score_threshold: 0.1}}, train: "
+                        "{momentum: 0.8}}; flags override it.")
     flags.DEFINE_integer("num_classes", None, "Classes including background (default: 1 + label-map size).")
     flags.DEFINE_float("width_multiplier", None, "Scales every channel count (1.0 = the reference model).")
-    flags.DEFINE_string("resnet_checkpoint", None, "Backbone weights: a TF checkpoint with the MLPerf ResNet34 "
-                        "variable names, or a Keras .weights.h5 of the whole model / backbone.")
+    flags.DEFINE_string("backbone_checkpoint", None, "Weights to start training from: a Keras .weights.h5 of the "
+                        "whole model or its backbone (python -m ssd_tf.weights.convert makes one), or a TF checkpoint "
+                        "with the MLPerf ResNet34 variable names.")
+    flags.DEFINE_string("resnet_checkpoint", None, "Alias of --backbone_checkpoint (the seed's name).")
 
 
 def define_train_flags():
@@ -48,7 +54,7 @@ def define_train_flags():
     flags.DEFINE_enum("weight_decay_mode", None, ["coupled", "decoupled"], "coupled: L2 folded into the gradient "
                       "(the references); decoupled: w -= lr*wd*w.")
     flags.DEFINE_bool("exclude_bn_bias_from_weight_decay", None, "No weight decay on BN parameters and biases.")
-    flags.DEFINE_enum("loss_normalization", None, ["per_image", "per_batch"], "SSD loss normalisation.")
+    flags.DEFINE_enum("loss_normalization", None, ["per_image", "per_batch"], "SSD models: loss normalisation.")
     flags.DEFINE_enum("precision", None, ["fp32", "fp16", "bf16"], "Compute precision (variables stay fp32).")
     flags.DEFINE_bool("xla", None, "Compile the forward/backward pass with XLA.")
     flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.")

@@ -1,0 +1,372 @@
+"""The runtime every detector family shares, callable from Python:
+
+    from ssd_tf import presets, run
+    cfg = presets.preset("ssd_resnet34")
+    cfg.override("data", training_file_pattern="train-*.tfrecord", validation_file_pattern="val-*.tfrecord")
+    cfg.override("runtime", model_dir="/runs/r34")
+    run.resolve_data(cfg, "train_and_eval")      # label map, class count, epoch length (no TensorFlow)
+    metrics = run.train_and_eval(cfg)
+
+``train(cfg)``, ``evaluate(cfg)`` and ``train_and_eval(cfg)`` build the family's task (``ssd_tf.tasks``), the
+distribution strategy, optimizer and schedule, and run the generic loop (``ssd_tf/training/loop.py``).
+Errors a user must fix are ``UsageError`` (``ssd_main.py`` prints them and exits 2); a diverged run raises
+``loop.TrainingDiverged`` (exit 3); a failed multi-worker collective raises ``CollectiveFailure`` (exit 4).
+This module imports TensorFlow only inside the functions that need it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Optional
+
+from ssd_tf.config import Config
+
+
+class UsageError(ValueError):
+    """A configuration or flag combination that cannot work; the message says what to change."""
+
+
+class CollectiveFailure(RuntimeError):
+    """A multi-worker collective failed (a worker died, stopped responding, or timed out)."""
+
+
+_print = functools.partial(print, flush=True)
+
+
+def architecture_differences(saved: Config, cfg: Config) -> list:
+    """The architecture fields (``model_config.architecture_fields``) where ``cfg`` differs from ``saved``."""
+    from ssd_tf.config import get_value
+
+    if saved.model.family != cfg.model.family:
+        return ["family"]
+    return [p for p in type(saved.model).architecture_fields
+            if get_value(saved.model, p) != get_value(cfg.model, p)]
+
+
+def check_model_dir(cfg: Config) -> Optional[Config]:
+    """The config saved in ``cfg.runtime.model_dir`` (None when there is none); a ``cfg`` whose architecture
+    differs from it is a UsageError naming the fields, since its checkpoints could not be restored."""
+    from ssd_tf import config as config_lib
+
+    model_dir = cfg.runtime.model_dir
+    if not model_dir or not os.path.exists(os.path.join(model_dir, "config.json")):
+        return None
+    saved = config_lib.load(model_dir)
+    diffs = architecture_differences(saved, cfg)
+    if diffs:
+        from ssd_tf.config import get_value
+
+        parts = ", ".join(f"{p}: saved {get_value(saved.model, p)!r}, now {get_value(cfg.model, p)!r}"
+                          if p != "family" else f"family: saved {saved.model.family}, now {cfg.model.family}"
+                          for p in diffs)
+        raise UsageError(f"{model_dir} holds a {saved.model.name} model whose checkpoints do not fit this "
+                         f"configuration ({parts}); use another --model_dir or keep those values")
+    return saved
+
+
+# ----------------------------------------------------------------------------------------------- data (no TF)
+def match_files(pattern: str, what: str) -> list:
+    from ssd_tf.data.shards import expand_pattern
+
+    files = expand_pattern(pattern)
+    if not files:
+        raise UsageError(f"{what}={pattern} matches no file")
+    return files
+
+
+def resolve_data(cfg: Config, mode: str, num_classes_given: bool = False) -> None:
+    """Checks the file patterns and fills class ids / names, the class count and the epoch length.
+
+    ``num_classes_given``: the user set the class count explicitly (a disagreement with the label map is then
+    an error instead of being resolved from the label map)."""
+    from ssd_tf.data import label_map as label_map_lib
+
+    d = cfg.data
+    needs_train = mode in ("train", "train_and_eval")
+    needs_eval = mode in ("eval", "train_and_eval")
+    if needs_train and not d.training_file_pattern:
+        raise UsageError("--training_file_pattern is required for --mode=" + mode)
+    train_files = match_files(d.training_file_pattern, "--training_file_pattern") if needs_train else []
+    eval_files = []
+    if needs_eval:
+        if not d.validation_file_pattern:
+            raise UsageError(f"--mode={mode} needs --validation_file_pattern (nothing to evaluate)")
+        eval_files = match_files(d.validation_file_pattern, "--validation_file_pattern")
+        if d.val_json_file and not os.path.exists(d.val_json_file):
+            raise UsageError(f"--val_json_file={d.val_json_file} does not exist")
+    try:
+        train_map, train_sidecar = label_map_lib.label_map_of_files(train_files)
+        eval_map, eval_sidecar = label_map_lib.label_map_of_files(eval_files)
+        given = label_map_lib.read_label_map(d.label_map) if d.label_map else None
+    except label_map_lib.LabelMapError as e:
+        raise UsageError(str(e)) from None
+    if given is not None:
+        label_map, source = given, f"--label_map={d.label_map}"
+    elif d.class_ids:
+        label_map, source = dict(zip(d.class_ids, d.class_names)), "the model directory's config.json"
+    elif train_map is not None or eval_map is not None:
+        label_map, source = (train_map, train_sidecar) if train_map is not None else (eval_map, eval_sidecar)
+    else:
+        raise UsageError("no label map: pass --label_map, or keep the converter's PREFIX.meta.json beside the shards")
+    saved = dict(zip(d.class_ids, d.class_names)) if d.class_ids else None
+    for other, where in ((saved, "the model directory's config.json"), (train_map, train_sidecar),
+                         (eval_map, eval_sidecar)):
+        if other is not None and list(other.items()) != list(label_map.items()):
+            raise UsageError(f"the label map of {where} {label_map_lib._describe(other)} differs from {source} "
+                             f"{label_map_lib._describe(label_map)}: class ids would mean different classes; convert "
+                             f"with one label map (e.g. --label_map=TRAIN_PREFIX.meta.json) or pass --label_map")
+    d.class_ids, d.class_names = list(label_map), list(label_map.values())
+    expected = len(label_map) + 1
+    if num_classes_given and cfg.model.num_classes != expected:
+        raise UsageError(f"--num_classes={cfg.model.num_classes} disagrees with the label map "
+                         f"({len(label_map)} classes + background = {expected}); fix --num_classes or --label_map")
+    cfg.model.num_classes = expected
+    if needs_train and not d.num_train_images:
+        sidecar = next(iter(label_map_lib.sidecars_of(train_files).values()), None)
+        if sidecar is None:
+            if not cfg.train.train_steps:
+                raise UsageError("epoch length unknown: pass --train_steps or --num_train_images")
+        else:
+            d.num_train_images = int(sidecar["num_images"])
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+def steps_per_epoch(cfg: Config, global_batch: int) -> int:
+    n = cfg.data.num_train_images
+    return max(1, n // global_batch) if n else 0
+
+
+def total_steps(cfg: Config, global_batch: int) -> int:
+    t = cfg.train
+    if t.train_steps:
+        return int(t.train_steps)
+    if not t.num_epochs:
+        raise UsageError("pass --num_epochs or --train_steps")
+    return max(1, math.ceil(t.num_epochs * cfg.data.num_train_images / global_batch))
+
+
+def make_schedule(cfg: Config, global_batch: int, steps: int):
+    from ssd_tf.training import schedules
+
+    t = cfg.train
+    lr = schedules.scale_lr(t.base_learning_rate, t.lr_reference_batch, global_batch)
+    warmup = t.warmup_steps if t.warmup_steps >= 0 else int(round(t.warmup_epochs * steps_per_epoch(cfg, global_batch)))
+    warmup = min(warmup, max(steps - 1, 0))
+    if t.lr_schedule == "cosine":
+        return schedules.WarmupCosine(lr, steps, warmup, alpha=t.cosine_alpha,
+                                      warmup_start_factor=t.warmup_start_factor)
+    if t.lr_schedule == "multistep":
+        bounds = [int(round(b * steps)) if b < 1 else int(b) for b in t.lr_boundaries]
+        return schedules.WarmupMultiStep(lr, bounds, gamma=t.lr_gamma, warmup_steps=warmup,
+                                         warmup_start_factor=t.warmup_start_factor)
+    return schedules.WarmupMultiStep(lr, [], warmup_steps=warmup, warmup_start_factor=t.warmup_start_factor)
+
+
+def make_optimizer_fn(cfg: Config, schedule):
+    from ssd_tf.training.optimizer import MomentumSGD
+
+    t = cfg.train
+    return lambda: MomentumSGD(learning_rate=schedule, momentum=t.momentum, weight_decay=t.weight_decay,
+                               weight_decay_mode=t.weight_decay_mode,
+                               exclude_bn_and_bias=t.exclude_bn_bias_from_weight_decay)
+
+
+# ----------------------------------------------------------------------------------------------- strategy
+def make_strategy(cfg: Config, cluster=None, collective_timeout: Optional[float] = None):
+    from ssd_tf.distribute import strategy as strategy_lib
+
+    if collective_timeout is not None and collective_timeout <= 0:
+        raise UsageError(f"--collective_timeout must be positive seconds, got {collective_timeout}")
+    return strategy_lib.make_strategy(cfg.runtime.strategy, num_devices=cfg.runtime.num_devices or None,
+                                      cluster=cluster, collective_timeout_seconds=collective_timeout)
+
+
+def _set_precision(cfg: Config) -> None:
+    import keras
+
+    policy = {"fp16": "mixed_float16", "bf16": "mixed_bfloat16"}.get(cfg.train.precision, "float32")
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def _setup(cfg: Config, cluster, collective_timeout):
+    """Precision policy, strategy (before any other TF op: multi-worker setup fails once TF has started), seed,
+    task -> (strategy, task, global batch)."""
+    import keras
+
+    from ssd_tf.tasks import build_task
+
+    _set_precision(cfg)
+    strategy = make_strategy(cfg, cluster, collective_timeout)
+    keras.utils.set_random_seed(cfg.train.seed)
+    global_batch = cfg.train.train_batch_size * strategy.num_replicas_in_sync
+    return strategy, build_task(cfg, global_batch_size=global_batch), global_batch
+
+
+# ----------------------------------------------------------------------------------------------- results
+def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict) -> None:
+    """``model_dir/eval_results.json``: the latest evaluation and the history of every checkpoint evaluated."""
+    path = os.path.join(model_dir, "eval_results.json")
+    record = {"step": step, "checkpoint": checkpoint, **metrics}
+    history = []
+    if os.path.exists(path):
+        with open(path) as f:
+            history = json.load(f).get("history", [])
+    history = [h for h in history if h.get("checkpoint") != checkpoint] + [
+        {k: v for k, v in record.items() if k != "history"}]
+    record["history"] = history
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load_backbone_weights(model, path: str) -> None:
+    """``train.backbone_checkpoint``: a Keras weights file (whole model or backbone), or a TF checkpoint with the
+    MLPerf ResNet34 variable names."""
+    if path.endswith(".h5"):
+        if not os.path.exists(path):
+            raise UsageError(f"--backbone_checkpoint={path} does not exist")
+        model.load_weights(path, skip_mismatch=False)
+        return
+    from ssd_tf.weights.tf_checkpoint import load_resnet34_from_tf_checkpoint
+
+    load_resnet34_from_tf_checkpoint(model, path)
+
+
+def _dump_weights(model, strategy) -> None:
+    """Debug aid (tests of multi-worker runs): SSD_TF_DUMP_WEIGHTS=path.npz, "{rank}" in it -> the worker index;
+    every process writes all its model weights (trainable and BN moving statistics) by variable path."""
+    path = os.environ.get("SSD_TF_DUMP_WEIGHTS")
+    if not path:
+        return
+    import numpy as np
+
+    from ssd_tf.distribute.strategy import worker_index
+
+    path = path.replace("{rank}", str(worker_index(strategy)))
+    np.savez(path, **{w.path: np.asarray(w.numpy()) for w in model.weights})
+
+
+# ----------------------------------------------------------------------------------------------- modes
+def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = None, evaluate: bool = False,
+          log=_print) -> dict:
+    """Trains (resuming from the latest checkpoint in ``cfg.runtime.model_dir``); with ``evaluate`` also
+    evaluates every ``eval_every_epochs`` and at the end. Returns the last evaluation's metrics (or {})."""
+    from ssd_tf import config as config_lib
+    from ssd_tf.training import loop
+
+    check_model_dir(cfg)
+    strategy, task, global_batch = _setup(cfg, cluster, collective_timeout)
+    model_dir = cfg.runtime.model_dir
+    steps = total_steps(cfg, global_batch)
+    schedule = make_schedule(cfg, global_batch, steps)
+    t = cfg.train
+    eval_every = int(round(cfg.eval.eval_every_epochs * steps_per_epoch(cfg, global_batch))) if evaluate else 0
+    options = loop.LoopOptions(total_steps=steps, steps_per_loop=t.steps_per_loop, log_every_steps=t.log_every_steps,
+                               checkpoint_every_steps=t.checkpoint_every_steps, keep_checkpoints=t.keep_checkpoints,
+                               eval_every_steps=eval_every, xla=t.xla, precision=t.precision)
+    init_fn = (lambda model: load_backbone_weights(model, t.backbone_checkpoint)) if t.backbone_checkpoint else None
+    trainer = loop.Trainer(task, strategy, model_dir, make_optimizer_fn(cfg, schedule), options, init_fn=init_fn,
+                           log_fn=log)
+    if trainer.is_chief:
+        config_lib.save(cfg, model_dir)
+        log(f"Model {cfg.model.name} ({cfg.model.family}): {trainer.model.count_params():,} parameters; "
+            f"{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, {steps} steps")
+        log("Config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+
+    evaluate_fn = None
+    if evaluate:
+        def evaluate_fn(step):
+            metrics = task.evaluate(trainer.model)
+            write_eval_results(model_dir, step, trainer.manager.latest_checkpoint or "", metrics)
+            return metrics
+
+    try:
+        trainer.train(evaluate_fn)
+    except _collective_errors() as e:
+        if not _is_multi_worker(strategy):
+            raise
+        import tensorflow as tf
+
+        from ssd_tf.distribute.strategy import worker_index
+
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        raise CollectiveFailure(
+            f"worker {worker_index(strategy)}: a collective operation with the other workers failed "
+            f"({type(e).__name__}: {_collective_reason(e)}). Another worker died, stopped responding, or kept "
+            f"this one waiting longer than --collective_timeout. Restart all workers: they resume from "
+            f"{latest or 'step 0 (no checkpoint yet)'}.") from None
+    _dump_weights(trainer.model, strategy)
+    return getattr(trainer, "last_eval", {})
+
+
+def train_and_eval(cfg: Config, **kwargs) -> dict:
+    return train(cfg, evaluate=True, **kwargs)
+
+
+def checkpoints_to_evaluate(cfg: Config, checkpoint: Optional[str] = None, all_checkpoints: bool = False) -> list:
+    import tensorflow as tf
+
+    if checkpoint:
+        return [checkpoint]
+    ckpt_dir = os.path.join(cfg.runtime.model_dir, "checkpoints")
+    state = tf.train.get_checkpoint_state(ckpt_dir)
+    if state is None or not state.model_checkpoint_path:
+        raise UsageError(f"--mode=eval: no checkpoint in {ckpt_dir}; train first or pass --checkpoint")
+    return list(state.all_model_checkpoint_paths) if all_checkpoints else [state.model_checkpoint_path]
+
+
+def restore_model(cfg: Config, model, path: str) -> int:
+    """Restores the model weights of a training checkpoint; returns its step."""
+    import tensorflow as tf
+
+    ckpt = tf.train.Checkpoint(model=model)
+    try:
+        ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.NotFoundError) as e:
+        raise UsageError(f"checkpoint {path} does not fit a {cfg.model.name} model with "
+                         f"{cfg.model.num_classes} classes: {str(e)[:300]}") from None
+    tail = path.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: bool = False, cluster=None,
+             log=_print) -> dict:
+    """Evaluates the latest checkpoint (or ``checkpoint``, or every one kept) and records each result in
+    ``eval_results.json``; returns the last metrics."""
+    strategy, task, _ = _setup(cfg, cluster, None)
+    with strategy.scope():
+        model = task.build_model()
+    metrics = {}
+    for path in checkpoints_to_evaluate(cfg, checkpoint, all_checkpoints):
+        step = restore_model(cfg, model, path)
+        metrics = task.evaluate(model)
+        log(f"Eval results at step {step} ({path}): " + json.dumps(
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+        write_eval_results(cfg.runtime.model_dir, step, path, metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _collective_errors():
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.AbortedError)
+
+
+def _is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _collective_reason(error) -> str:
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines() if line.strip()]
+    for key in ("timed out", "unhealthy", "aborted by", "Connection", "Socket"):
+        for line in lines:
+            if key in line:
+                return line[:300]
+    return lines[-1][:300] if lines else ""

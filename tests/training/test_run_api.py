@@ -1,0 +1,50 @@
+"""ssd_tf.run from Python: a model directory evaluates with the config it saved, not with today's presets."""
+import dataclasses
+
+import pytest
+
+from ssd_tf import config as config_lib
+from ssd_tf import presets, run
+from tiny_data import CLASS_IDS, CLASS_NAMES, SIZES, write_records
+
+STATS = ("COCO/AP", "COCO/AP50", "COCO/AP75", "COCO/ARmax100")
+
+
+def _tiny_config(pattern, model_dir):
+    cfg = presets.preset("ssd_resnet34")
+    cfg.model.width_multiplier = 0.125
+    cfg.override("data", training_file_pattern=pattern, validation_file_pattern=pattern, class_ids=CLASS_IDS,
+                 class_names=CLASS_NAMES, num_train_images=len(SIZES), shuffle_buffer=4)
+    cfg.override("train", train_batch_size=2, train_steps=3, steps_per_loop=1, log_every_steps=1,
+                 checkpoint_every_steps=3, base_learning_rate=0.01, lr_reference_batch=2, warmup_epochs=0.0)
+    cfg.override("eval", eval_batch_size=2)
+    cfg.override("runtime", model_dir=str(model_dir))
+    run.resolve_data(cfg, "train_and_eval")
+    return cfg
+
+
+def test_eval_uses_the_saved_config_not_todays_preset(tmp_path, monkeypatch):
+    pattern = write_records(tmp_path)
+    model_dir = tmp_path / "model"
+    trained = run.train_and_eval(_tiny_config(pattern, model_dir))
+    assert trained["num_images"] == len(SIZES) and set(STATS) <= set(trained)
+
+    # Today's preset changes its post-processing (and anchor clipping) after the model was trained.
+    original = presets._PRESETS["ssd_resnet34"]
+
+    def changed():
+        cfg = original()
+        cfg.model.postprocess = dataclasses.replace(cfg.model.postprocess, score_threshold=0.9, max_detections=1)
+        cfg.model.anchors = dataclasses.replace(cfg.model.anchors, clip="wh")
+        return cfg
+
+    monkeypatch.setitem(presets._PRESETS, "ssd_resnet34", changed)
+    saved = config_lib.load(str(model_dir))
+    again = run.evaluate(saved)
+    for key in STATS:
+        assert again[key] == pytest.approx(trained[key], abs=1e-12), key
+    # ... while a config built from today's preset scores the same checkpoint differently.
+    today = _tiny_config(pattern, model_dir)
+    assert today.model.postprocess.score_threshold == 0.9
+    different = run.evaluate(today)
+    assert any(different[k] != pytest.approx(trained[k], abs=1e-9) for k in STATS)
