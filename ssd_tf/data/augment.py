@@ -32,6 +32,7 @@ import math
 import tensorflow as tf
 
 from ssd_tf.model_configs.ssd import SSDAugmentation
+from ssd_tf.ops import boxes as box_ops
 
 MEAN_RGB = (123.0, 117.0, 104.0)  # zoom-out canvas fill (torchvision SSD recipe / ssd.pytorch, in RGB)
 
@@ -78,14 +79,7 @@ def _uniform(seed, shape, lo=0.0, hi=1.0):
 
 def _iou_with_windows(boxes, windows):
     """boxes [N,4], windows [K,4] -> IoU [K,N] (invariant to per-axis scaling, so normalised coords are fine)."""
-    b = boxes[None, :, :]  # [1,N,4]
-    w = windows[:, None, :]  # [K,1,4]
-    ih = tf.maximum(tf.minimum(b[..., 2], w[..., 2]) - tf.maximum(b[..., 0], w[..., 0]), 0.0)
-    iw = tf.maximum(tf.minimum(b[..., 3], w[..., 3]) - tf.maximum(b[..., 1], w[..., 1]), 0.0)
-    inter = ih * iw
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    area_w = (w[..., 2] - w[..., 0]) * (w[..., 3] - w[..., 1])
-    return inter / tf.maximum(area_b + area_w - inter, 1e-12)
+    return box_ops.iou(windows, boxes)
 
 
 def _centres_inside(boxes, windows):

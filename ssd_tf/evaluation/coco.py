@@ -21,6 +21,7 @@ import numpy as np
 # Re-exported: the team interface lists detections_to_coco beside evaluate_coco.
 from ssd_tf.data import label_map as label_map_lib
 from ssd_tf.data import shards
+from ssd_tf.ops.boxes import yxyx_to_xywh
 from ssd_tf.evaluation.export import CocoDetectionAccumulator, detections_to_coco, write_coco_results  # noqa: F401
 
 BACKENDS = ("faster", "pycocotools")
@@ -272,8 +273,7 @@ def coco_gt_from_tfrecords(file_pattern: str | Sequence[str], label_map: Any = N
         boxes = np.asarray(rec["boxes"], np.float64).reshape(-1, 4)  # [N, 4] normalised yxyx
         if not len(boxes):
             continue
-        xywh = np.stack([boxes[:, 1] * w, boxes[:, 0] * h,
-                         (boxes[:, 3] - boxes[:, 1]) * w, (boxes[:, 2] - boxes[:, 0]) * h], axis=1)
+        xywh = yxyx_to_xywh(boxes * np.array([h, w, h, w]))
         xywh = np.round(xywh, 4)
         area = np.asarray(rec["area"], np.float64).reshape(-1)
         if area.shape[0] != len(boxes):

@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ssd_tf.ops.boxes import yxyx_to_xywh
+
 BOX_DECIMALS = 2  # 0.01 px
 SCORE_DECIMALS = 6  # about float32 resolution, so ranking ties are not created by rounding
 
@@ -66,7 +68,7 @@ def _columns(boxes, scores, classes, num_detections, source_ids, class_ids, imag
         raise ValueError(f"image {img_idx[i]} detection {det_idx[i]} has class {cls[i]}, outside the contiguous "
                          f"range 1..{len(lookup) - 1} given by class_ids")
     b = boxes[img_idx, det_idx]  # [D, 4] yxyx pixels
-    xywh = np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1] + pixel_offset, b[:, 2] - b[:, 0] + pixel_offset], axis=1)
+    xywh = yxyx_to_xywh(b) + np.array([0.0, 0.0, pixel_offset, pixel_offset])
     image_ids = _image_ids(source_ids, image_id_map)[img_idx] if n else np.zeros(0, np.int64)
     return (image_ids, lookup[cls], np.round(xywh, BOX_DECIMALS),
             np.round(scores[img_idx, det_idx], SCORE_DECIMALS))

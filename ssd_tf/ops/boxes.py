@@ -17,7 +17,19 @@ The converters accept numpy arrays (and return numpy) or anything TensorFlow acc
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+
+
+class _LazyTensorFlow:
+    """TensorFlow, imported on first use: the conversions also serve numpy callers (COCO export, evaluation)
+    that should not pay for importing TensorFlow."""
+
+    def __getattr__(self, name):
+        import tensorflow
+
+        return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 
 def _backend(x):
