@@ -69,6 +69,18 @@ def _flag_values() -> dict:
     return out
 
 
+def _in_flag_terms(message: str, values: dict) -> str:
+    """A config error that starts with the path of a value the user set by flag names the flag instead."""
+    path = message.split(" ", 1)[0].rstrip(":")
+    if path in values:
+        return f"{_flag_for(path)}={_flag_text(values[path])}: " + message[len(path):].lstrip(": ")
+    return message
+
+
+def _flag_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def _flag_for(path: str) -> str:
     return next((f"--{name}" for name, p in _PATHS.items() if p == path and name != "resnet_checkpoint"), path)
 
@@ -77,7 +89,7 @@ def build_config():
     """Flags -> the run's config (see the module docstring). No TensorFlow."""
     from ssd_tf import config as config_lib
     from ssd_tf import presets
-    from ssd_tf.run import UsageError, check_model_dir
+    from ssd_tf.run import UsageError, check_model_dir, check_output_dir
 
     if FLAGS.model not in presets.PRESETS:
         raise UsageError(f"unknown preset '{FLAGS.model}'; choose one of {', '.join(presets.PRESETS)}")
@@ -119,18 +131,47 @@ def build_config():
         except config_lib.ConfigError as e:
             flag = _flag_for(path)
             raise UsageError(f"{flag}={value}: {e}") from None
+    _resolve_length_pairs(cfg, set(values) | _paths_in(file_values or {}))
     if FLAGS.augmentation is not None and FLAGS.mode != "eval":
         _apply_augmentation(cfg, FLAGS.augmentation)
     try:
         cfg = config_lib.validate(cfg)
     except config_lib.ConfigError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(_in_flag_terms(str(e), values)) from None
     check_model_dir(cfg)
+    if FLAGS.mode != "eval":
+        check_output_dir(cfg.runtime.model_dir, "--model_dir")
     if FLAGS.mode != "eval" and cfg.runtime.sync_batchnorm and cfg.train.xla:
         raise UsageError("--sync_batchnorm cannot be combined with --xla: the BatchNorm all-reduces would sit inside "
                          "the XLA-compiled forward/backward function, which tf.distribute rejects (merge_call in a "
                          "nested tf.function); drop one of the two")
     return cfg
+
+
+# (steps field, epochs field, what it sets): a preset may set either; the one the user gives wins.
+_LENGTH_PAIRS = (("train.train_steps", "train.num_epochs", "the training length"),
+                 ("train.warmup_steps", "train.warmup_epochs", "the warmup length"))
+
+
+def _paths_in(tree: dict, prefix: str = "") -> set:
+    out = set()
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out |= _paths_in(value, path) if isinstance(value, dict) else {path}
+    return out
+
+
+def _resolve_length_pairs(cfg, given: set) -> None:
+    """A length the user gives in epochs replaces the preset's length in steps (the presets of torchvision's
+    and ssd.pytorch's recipes count steps); when the user gives both, steps win and a note says so."""
+    from ssd_tf.config import get_value, set_value
+
+    for steps, epochs, what in _LENGTH_PAIRS:
+        if epochs in given and steps not in given:
+            set_value(cfg, steps, -1 if steps == "train.warmup_steps" else 0)
+        elif epochs in given and steps in given and get_value(cfg, steps) not in (0, -1):
+            print(f"note: {_flag_for(steps)}={get_value(cfg, steps)} and {_flag_for(epochs)}={get_value(cfg, epochs)} "
+                  f"both given; {what} follows {_flag_for(steps)}", file=sys.stderr, flush=True)
 
 
 def _apply_augmentation(cfg, name: str) -> None:

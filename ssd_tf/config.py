@@ -43,6 +43,10 @@ class DataConfig:
     drop_difficult: bool = False  # training targets leave out VOC difficult boxes (evaluation ignores them)
     drop_images_without_boxes: bool = False  # training skips images with no (kept) boxes
 
+    def __post_init__(self):
+        _positive(self, "max_boxes", "shuffle_buffer")
+        _at_least(self, 0, "num_train_images")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -71,6 +75,21 @@ class TrainConfig:
     seed: int = 0
     backbone_checkpoint: str = ""  # backbone (or whole-model) weights to start from
 
+    def __post_init__(self):
+        _positive(self, "train_batch_size", "lr_reference_batch", "steps_per_loop", "keep_checkpoints",
+                  "base_learning_rate")
+        _at_least(self, 0, "num_epochs", "train_steps", "warmup_epochs", "log_every_steps", "checkpoint_every_steps",
+                  "weight_decay", "cosine_alpha", "warmup_start_factor", "lr_gamma")
+        _one_of(self, "lr_schedule", ("cosine", "multistep", "constant"))
+        _one_of(self, "weight_decay_mode", ("coupled", "decoupled"))
+        _one_of(self, "precision", ("fp32", "fp16", "bf16"))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.warmup_steps < -1:
+            raise ValueError(f"train.warmup_steps must be >= 0 (or -1: use warmup_epochs), got {self.warmup_steps}")
+        if any(not b > 0 for b in self.lr_boundaries):
+            raise ValueError(f"train.lr_boundaries must be positive (fractions < 1 or steps), got {self.lr_boundaries}")
+
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -80,6 +99,12 @@ class EvalConfig:
     eval_metric: str = "coco"  # coco | voc07 | voc
     eval_steps: int = 0  # 0: the whole validation set
 
+    def __post_init__(self):
+        _positive(self, "eval_batch_size")
+        _at_least(self, 0, "eval_every_epochs", "eval_steps")
+        _one_of(self, "eval_backend", ("faster", "pycocotools"))
+        _one_of(self, "eval_metric", ("coco", "voc07", "voc"))
+
 
 @dataclasses.dataclass
 class RuntimeConfig:
@@ -87,6 +112,31 @@ class RuntimeConfig:
     strategy: str = "auto"
     num_devices: int = 0
     sync_batchnorm: bool = False
+
+    def __post_init__(self):
+        _one_of(self, "strategy", ("auto", "one_device", "mirrored", "multi_worker"))
+        _at_least(self, 0, "num_devices")
+
+
+def _section(obj) -> str:
+    return {DataConfig: "data", TrainConfig: "train", EvalConfig: "eval", RuntimeConfig: "runtime"}[type(obj)]
+
+
+def _positive(obj, *names):
+    for name in names:
+        if not getattr(obj, name) > 0:
+            raise ValueError(f"{_section(obj)}.{name} must be positive, got {getattr(obj, name)!r}")
+
+
+def _at_least(obj, low, *names):
+    for name in names:
+        if not getattr(obj, name) >= low:
+            raise ValueError(f"{_section(obj)}.{name} must be >= {low}, got {getattr(obj, name)!r}")
+
+
+def _one_of(obj, name, choices):
+    if getattr(obj, name) not in choices:
+        raise ValueError(f"{_section(obj)}.{name} must be one of {', '.join(choices)}, got {getattr(obj, name)!r}")
 
 
 def _families() -> dict:
@@ -207,7 +257,8 @@ def _build(cls, values: dict, path: str):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+        message = str(e)
+        raise ConfigError(message if message.startswith(f"{path}.") else f"{path}: {message}") from None
 
 
 def model_from_dict(values: dict, path: str = "model"):

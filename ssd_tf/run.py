@@ -123,13 +123,42 @@ def resolve_data(cfg: Config, mode: str, num_classes_given: bool = False) -> Non
         raise UsageError(f"--num_classes={cfg.model.num_classes} disagrees with the label map "
                          f"({len(label_map)} classes + background = {expected}); fix --num_classes or --label_map")
     cfg.model.num_classes = expected
-    if needs_train and not d.num_train_images:
-        sidecar = next(iter(label_map_lib.sidecars_of(train_files).values()), None)
-        if sidecar is None:
-            if not cfg.train.train_steps:
-                raise UsageError("epoch length unknown: pass --train_steps or --num_train_images")
-        else:
-            d.num_train_images = int(sidecar["num_images"])
+    if needs_train:
+        sidecars = label_map_lib.sidecars_of(train_files)
+        if sidecars:
+            counted = sum(int(s.get("num_images", 0)) for s in sidecars.values())
+            if counted == 0:
+                raise UsageError(f"--training_file_pattern={d.training_file_pattern}: the converter's sidecar "
+                                 f"{', '.join(sidecars)} counts 0 images; nothing to train on")
+        elif all(_is_empty(f) for f in train_files):
+            raise UsageError(f"--training_file_pattern={d.training_file_pattern}: the {len(train_files)} matching "
+                             f"file(s) are empty (no records); nothing to train on")
+        if not d.num_train_images:
+            if not sidecars:
+                if not cfg.train.train_steps:
+                    raise UsageError("epoch length unknown: pass --train_steps or --num_train_images")
+            else:
+                d.num_train_images = counted
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:  # a remote path: the reader will tell
+        return False
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """A directory that exists or can be created (its first existing ancestor is a writable directory)."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}={path} is a file, not a directory")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag}={path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}={path} cannot be created: {parent} is not writable")
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -222,6 +251,16 @@ def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict
     os.replace(tmp, path)
 
 
+def _evaluated(model_dir: str, checkpoint: str) -> bool:
+    path = os.path.join(model_dir, "eval_results.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        history = json.load(f).get("history", [])
+    name = os.path.basename(checkpoint)
+    return any(os.path.basename(h.get("checkpoint", "")) == name for h in history)
+
+
 def load_backbone_weights(model, path: str) -> None:
     """``train.backbone_checkpoint``: a Keras weights file (whole model or backbone), or a TF checkpoint with the
     MLPerf ResNet34 variable names."""
@@ -271,7 +310,7 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
     trainer = loop.Trainer(task, strategy, model_dir, make_optimizer_fn(cfg, schedule), options, init_fn=init_fn,
                            log_fn=log)
     if trainer.is_chief:
-        config_lib.save(cfg, model_dir)
+        config_lib.save(_persistent(cfg), model_dir)
         log(f"Model {cfg.model.name} ({cfg.model.family}): {trainer.model.count_params():,} parameters; "
             f"{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, {steps} steps")
         log("Config: " + json.dumps(cfg.to_dict(), sort_keys=True))
@@ -285,6 +324,13 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
 
     try:
         trainer.train(evaluate_fn)
+        if evaluate_fn is not None and trainer.is_chief and not getattr(trainer, "last_eval", None):
+            # Nothing was left to train: a run killed during its final evaluation finishes that evaluation.
+            latest = trainer.manager.latest_checkpoint
+            if latest and not _evaluated(model_dir, latest):
+                step = int(trainer.global_step.numpy())
+                log(f"Training finished earlier but {os.path.basename(latest)} was never evaluated; evaluating it")
+                trainer.last_eval = evaluate_fn(step)
     except _collective_errors() as e:
         if not _is_multi_worker(strategy):
             raise
@@ -300,6 +346,16 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
             f"{latest or 'step 0 (no checkpoint yet)'}.") from None
     _dump_weights(trainer.model, strategy)
     return getattr(trainer, "last_eval", {})
+
+
+def _persistent(cfg: Config) -> Config:
+    """What config.json keeps: everything but one-off choices of this invocation (``eval.eval_steps``, so a
+    later evaluation scores the whole validation set unless asked again)."""
+    import copy
+
+    saved = copy.deepcopy(cfg)
+    saved.eval.eval_steps = 0
+    return saved
 
 
 def train_and_eval(cfg: Config, **kwargs) -> dict:

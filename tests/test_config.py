@@ -139,7 +139,9 @@ def test_config_and_flag_mistakes_are_one_line_usage_errors(tmp_path):
         (["--lr_boundaries=abc"], "--lr_boundaries=abc: expected numbers"),
         (["--model=faster_rcnn_r50_fpn", "--loss_normalization=per_batch"],
          "--loss_normalization=per_batch: no config field model.loss_normalization of a faster_rcnn model"),
-        (["--width_multiplier=0"], "width_multiplier must be > 0"),
+        (["--width_multiplier=0"], "--width_multiplier=0.0: must be > 0"),
+        (["--train_batch_size=0"], "--train_batch_size=0: must be positive"),
+        (["--steps_per_loop=0"], "--steps_per_loop=0: must be positive"),
         (["stray_argument"], "unexpected argument(s) 'stray_argument'"),
     ]
     for flags, message in cases:
@@ -159,3 +161,17 @@ def test_changing_the_architecture_of_a_trained_model_directory_is_refused(tmp_p
     # a post-processing change is fine on an existing model directory (it reaches the file check)
     out = _main(f"--model_dir={tmp_path}", "--score_threshold=0.5", "--training_file_pattern=x", "--mode=train")
     assert out.returncode == 2 and "--training_file_pattern=x matches no file" in out.stderr
+
+
+def test_a_users_epochs_win_over_a_presets_steps(tmp_path):
+    """ssd_vgg16's recipe counts 60,000 iterations; --num_epochs must not be silently ignored."""
+    preset = presets.preset("ssd_vgg16").train
+    assert preset.train_steps == 60000 and preset.warmup_steps == 1000
+    cfg = _effective_config("--model=ssd_vgg16", f"--model_dir={tmp_path / 'a'}", "--num_epochs=3",
+                            "--warmup_epochs=0.5")
+    assert cfg["train"]["num_epochs"] == 3 and cfg["train"]["train_steps"] == 0
+    assert cfg["train"]["warmup_epochs"] == 0.5 and cfg["train"]["warmup_steps"] == -1
+    out = _main("--model=ssd_vgg16", f"--model_dir={tmp_path / 'b'}", "--num_epochs=3", "--train_steps=7",
+                "--training_file_pattern=x")
+    assert "note: --train_steps=7 and --num_epochs=3.0 both given; the training length follows --train_steps" \
+        in out.stderr

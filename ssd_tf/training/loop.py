@@ -28,7 +28,14 @@ from ssd_tf.training import progress
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is left as the latest."""
+    """The loss or the weights became NaN or inf. Checkpoints that hold the diverging weights are moved to
+    ``checkpoints/diverged/``, so the latest checkpoint left is one known to be good."""
+
+
+# A checkpoint is only written when every trainable weight is finite and |w| <= this: trained detectors keep
+# their weights within a few hundred, and weights this large come from an exploding update whose losses are
+# still finite.
+MAX_SANE_WEIGHT = 1e6
 
 
 @dataclasses.dataclass
@@ -78,6 +85,7 @@ class Trainer:
         elif init_fn is not None:
             init_fn(self.model)
         self._train_loop = None
+        self._max_abs_weight_fn = None
 
     # ----------------------------------------------------------------------------------------------
     def _build_train_loop(self):
@@ -134,10 +142,47 @@ class Trainer:
             lr = lr(opt.iterations)
         return float(np.asarray(lr))
 
+    def max_abs_weight(self) -> float:
+        """The largest |w| over the trainable weights (inf or nan when one is not finite)."""
+        if self._max_abs_weight_fn is None:
+            variables = self.model.trainable_variables
+
+            @tf.function
+            def largest():
+                return tf.reduce_max([tf.reduce_max(tf.abs(tf.cast(v, tf.float32))) for v in variables])
+
+            self._max_abs_weight_fn = largest
+        return float(self._max_abs_weight_fn())
+
+    def _diverged(self, reason: str, bad_step: int):
+        """Moves aside the checkpoints whose weights are known to diverge — those of step bad_step - 1 or later
+        (the loss of step s is computed from the weights saved at step s - 1) — and raises TrainingDiverged
+        naming the latest checkpoint left, which the next step's finite loss showed to be good."""
+        moved = []
+        if self.is_chief:
+            bad = [p for p in self.manager.checkpoints if int(p.rsplit("-", 1)[-1]) >= bad_step - 1]
+            if bad:
+                moved = _move_aside(self.manager, bad)
+        good = [p for p in self.manager.checkpoints if int(p.rsplit("-", 1)[-1]) < bad_step - 1]
+        latest = good[-1] if good else None
+        note = (f" Moved {', '.join(os.path.basename(p) for p in moved)} (whose weights give a non-finite loss) to "
+                f"{os.path.join(os.path.dirname(moved[0]), 'diverged')}." if moved else "")
+        raise TrainingDiverged(
+            f"{reason}; training stopped.{note} The latest good checkpoint is "
+            f"{latest or 'none (no checkpoint yet)'}; a rerun resumes from it, so lower the learning rate or check "
+            f"the data first (the same data and settings diverge again).")
+
     def _save(self) -> Optional[str]:
         step = int(self.global_step.numpy())
         if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
             return self.manager.latest_checkpoint
+        largest = self.max_abs_weight()
+        if not math.isfinite(largest):
+            self._diverged(f"the weights are not finite after step {step} although the loss was (a non-finite "
+                           f"gradient)", step + 1)
+        if largest > MAX_SANE_WEIGHT:
+            self._diverged(f"the weights exploded at step {step} (max |w| = {largest:.3g} > {MAX_SANE_WEIGHT:g}) "
+                           f"although the loss is still finite", step + 1)
         path = self.manager.save(checkpoint_number=step)
         if self.is_chief:
             self.log(f"Saved checkpoint {path}")
@@ -177,10 +222,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 if int(bad_step) >= 0 or not all(math.isfinite(v) for v in losses.values()):
                     parts = ", ".join(f"{k}={float(v):.6g}" for k, v in bad.items())
-                    raise TrainingDiverged(
-                        f"loss is not finite at step {int(bad_step)} ({parts}); training stopped. "
-                        f"The latest good checkpoint is {self.manager.latest_checkpoint or 'none (no checkpoint yet)'}; "
-                        f"lower the learning rate or check the data, then rerun to resume from it.")
+                    self._diverged(f"loss is not finite at step {int(bad_step)} ({parts})", int(bad_step))
                 step += n
                 interval_steps += n
                 interval_time += elapsed
@@ -216,3 +258,23 @@ class Trainer:
         metrics = evaluate(step)
         logger.log_eval(step, metrics)
         self.last_eval = metrics
+
+
+def _move_aside(manager, paths) -> list:
+    """Removes ``paths`` from a CheckpointManager's state and moves their files to ``diverged/`` beside them."""
+    import glob
+    import shutil
+
+    directory = manager.directory
+    target = os.path.join(directory, "diverged")
+    os.makedirs(target, exist_ok=True)
+    for path in paths:
+        for f in glob.glob(path + ".*"):
+            shutil.move(f, os.path.join(target, os.path.basename(f)))
+    kept = [p for p in manager.checkpoints if p not in paths]
+    if kept:
+        tf.compat.v1.train.update_checkpoint_state(directory, model_checkpoint_path=kept[-1],
+                                                   all_model_checkpoint_paths=kept)
+    else:
+        os.remove(os.path.join(directory, "checkpoint"))
+    return list(paths)

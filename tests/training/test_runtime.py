@@ -88,13 +88,55 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(uninterrupte
         np.testing.assert_array_equal(a, b)
 
 
-def test_nan_loss_stops_with_step_and_parts_and_keeps_last_good_checkpoint(tmp_path):
-    r = _run(tmp_path, 24, "--nan_at_step", "11")
+def _checkpoint_weights(model_dir, step):
+    """The trainable weights stored in checkpoints/ckpt-<step> (read from the files, not from the run)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(pathlib.Path(model_dir, "checkpoints", f"ckpt-{step}")))
+    # Keras 3 checkpoints list the trainable weights once, under the optimizer's reference to them.
+    keys = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_trainable_variables/")]
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+def _diverged_then_resumed(uninterrupted, tmp_path, flag, step, *, named, moved):
+    """Inject a failure at `step`; the run stops (exit 3) naming checkpoint `named` as the good one, with the
+    checkpoints `moved` aside; that checkpoint's weights are sane, and resuming from it without the failure
+    ends bit-identical to a run that never failed."""
+    r = _run(tmp_path, 24, flag, str(step))
     assert r.returncode == 3, r.stdout + r.stderr
-    assert "loss is not finite at step 11" in r.stdout
-    assert "mse=nan" in r.stdout and "l1=nan" in r.stdout
-    assert _latest_step(tmp_path) == 8
+    assert f"The latest good checkpoint is {tmp_path / 'checkpoints' / f'ckpt-{named}'}" in r.stdout, r.stdout
+    assert _latest_step(tmp_path) == named
+    diverged = tmp_path / "checkpoints" / "diverged"
+    assert sorted(int(p.name[5:-6]) for p in diverged.glob("ckpt-*.index")) == moved
+    weights = _checkpoint_weights(tmp_path, named)
+    assert weights and all(np.isfinite(w).all() and np.abs(w).max() < 1e3 for w in weights.values())
     assert not (tmp_path / "final_weights.npz").exists()
+    resumed = _run(tmp_path, 24)
+    assert resumed.returncode == 0 and f"ckpt-{named}" in resumed.stdout, resumed.stdout
+    for a, b in zip(_weights(uninterrupted[0]), _weights(tmp_path)):
+        np.testing.assert_array_equal(a, b)
+    return r.stdout
+
+
+def test_nan_loss_stops_with_step_and_parts_and_keeps_last_good_checkpoint(uninterrupted, tmp_path):
+    out = _diverged_then_resumed(uninterrupted, tmp_path, "--nan_at_step", 11, named=8, moved=[])
+    assert "loss is not finite at step 11" in out and "mse=nan" in out and "l1=nan" in out
+
+
+def test_nan_loss_right_after_a_checkpoint_moves_that_checkpoint_aside(uninterrupted, tmp_path):
+    """The loss of step 9 is computed from the weights saved as ckpt-8: that checkpoint is not known good."""
+    out = _diverged_then_resumed(uninterrupted, tmp_path, "--nan_at_step", 9, named=4, moved=[8])
+    assert "loss is not finite at step 9" in out and "Moved ckpt-8" in out
+
+
+def test_finite_loss_with_non_finite_gradient_at_a_checkpoint_step_saves_nothing(uninterrupted, tmp_path):
+    out = _diverged_then_resumed(uninterrupted, tmp_path, "--nan_grad_at_step", 8, named=4, moved=[])
+    assert "the weights are not finite after step 8 although the loss was" in out
+
+
+def test_exploding_update_with_finite_loss_is_not_checkpointed(uninterrupted, tmp_path):
+    out = _diverged_then_resumed(uninterrupted, tmp_path, "--explode_at_step", 8, named=4, moved=[])
+    assert "the weights exploded at step 8" in out
 
 
 def test_rerun_of_a_finished_run_trains_nothing(uninterrupted):

@@ -86,3 +86,27 @@ def test_bad_rank_table(records):
     r, s = _main("--mode=train", f"--model_dir={records}/m", f"--training_file_pattern={records}/train-*",
                  "--train_steps=1", f"--rank_table_file={table}", "--rank_id=0")
     _assert_fails(r, s, "rank_table.json")
+
+
+def test_model_dir_that_cannot_be_created(records):
+    blocker = records / "a_file"
+    blocker.write_text("x")
+    r, s = _main("--mode=train", f"--model_dir={blocker}/m", f"--training_file_pattern={records}/train-*",
+                 "--train_steps=1")
+    _assert_fails(r, s, f"--model_dir={blocker}/m cannot be created", "is a file, not a directory")
+
+
+def test_no_training_images(tmp_path):
+    (tmp_path / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    r, s = _main("--mode=train", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/train-*",
+                 "--train_steps=1", f"--label_map={tmp_path}/labels.txt")
+    _assert_fails(r, s, "labels.txt")  # no sidecar and no label map: that is said first
+    (tmp_path / "labels.txt").write_text("circle\nsquare\n")
+    r, s = _main("--mode=train", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/train-*",
+                 "--train_steps=1", f"--label_map={tmp_path}/labels.txt")
+    _assert_fails(r, s, "file(s) are empty (no records); nothing to train on")
+    (tmp_path / "train.meta.json").write_text(json.dumps({"label_map": [{"id": 1, "name": "circle"}],
+                                                          "num_images": 0}))
+    r, s = _main("--mode=train", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/train-*",
+                 "--train_steps=1")
+    _assert_fails(r, s, "counts 0 images; nothing to train on")
