@@ -1,0 +1,94 @@
+"""The shared evaluation driver: the same numbers from the user's COCO JSON and from ground truth rebuilt out of
+the TFRecords, on detections that score well above 0; VOC metrics through ssd_main on a real VOC-layout set."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _py(*args, timeout=600):
+    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shapes")
+    _py("-m", "data_tools.make_shapes_dataset", f"--output_dir={d}/shapes", "--num_train=0", "--num_val=24",
+        "--seed=5")
+    _py("-m", "data_tools.create_coco_tfrecord", f"--image_dir={d}/shapes/val",
+        f"--object_annotations_file={d}/shapes/annotations/instances_val.json", f"--output_file_prefix={d}/tf/val",
+        "--num_shards=2", "--num_processes=1")
+    return d
+
+
+def _jittered_ground_truth_batches(pattern, class_ids):
+    """Eval batches of the SSD parser, with the ground truth itself (jittered by up to 3 px, random scores)
+    as the detections: AP well above 0 and below 1."""
+    from ssd_tf import presets
+    from ssd_tf.data.reader import build_dataset
+    from ssd_tf.data.ssd_parser import SSDParser
+
+    rng = np.random.default_rng(0)
+    ds = build_dataset(pattern, SSDParser(presets.model_config("ssd_resnet34"), max_boxes=20), batch_size=5,
+                       is_training=False, class_ids=class_ids)
+    for _, labels in ds:
+        labels = {k: v.numpy() for k, v in labels.items()}
+        hw = labels["image_info"][:, 0]  # original (h, w)
+        boxes = labels["boxes"] * np.concatenate([hw, hw], -1)[:, None, :]
+        boxes = boxes + rng.uniform(-3, 3, boxes.shape)
+        n = labels["num_boxes"]
+        yield {"boxes": boxes.astype(np.float32), "scores": rng.uniform(0.3, 1.0, labels["classes"].shape),
+               "classes": labels["classes"], "num_detections": n}, labels
+
+
+def test_json_and_tfrecord_ground_truth_give_the_same_twelve_numbers_and_per_class_ap(shapes):
+    from ssd_tf.evaluation.runner import evaluate_batches
+
+    meta = json.loads((shapes / "tf" / "val.meta.json").read_text())
+    ids, names = [e["id"] for e in meta["label_map"]], [e["name"] for e in meta["label_map"]]
+    pattern = str(shapes / "tf" / "val-*.tfrecord")
+    common = dict(metric="coco", class_ids=ids, class_names=names, validation_file_pattern=pattern, log=lambda *a: 0)
+    from_json = evaluate_batches(_jittered_ground_truth_batches(pattern, ids),
+                                 val_json_file=str(shapes / "shapes/annotations/instances_val.json"), **common)
+    from_records = evaluate_batches(_jittered_ground_truth_batches(pattern, ids), **common)
+    assert 0.3 < from_json["COCO/AP"] < 1.0 and from_json["num_images"] == 24
+    for key in [k for k in from_json if k.startswith("COCO/")]:
+        assert from_records[key] == pytest.approx(from_json[key], abs=1e-9), key
+    assert from_records["per_class_AP"] == pytest.approx(from_json["per_class_AP"], abs=1e-9)
+    assert set(from_json["per_class_AP"]) == set(names)
+
+
+def test_eval_steps_scores_only_the_evaluated_images(shapes):
+    from ssd_tf.evaluation.runner import evaluate_batches
+
+    meta = json.loads((shapes / "tf" / "val.meta.json").read_text())
+    ids, names = [e["id"] for e in meta["label_map"]], [e["name"] for e in meta["label_map"]]
+    pattern = str(shapes / "tf" / "val-*.tfrecord")
+    first_two = list(_jittered_ground_truth_batches(pattern, ids))[:2]  # 10 of the 24 images
+    result = evaluate_batches(iter(first_two), metric="coco", class_ids=ids, class_names=names,
+                              validation_file_pattern=pattern, log=lambda *a: 0)
+    assert result["num_images"] == 10
+    assert result["COCO/ARmax100"] > 0.9  # ground truth of the 14 images never looked at is not counted as missed
+
+
+@pytest.mark.slow
+def test_voc07_metric_through_ssd_main_on_bccd(shared_data, tmp_path):
+    """VOC metrics on a real VOC-layout dataset through the real ssd_main path (labels 1..K named correctly)."""
+    for split in ("train", "val"):
+        _py("-m", "data_tools.create_voc_tfrecord", f"--data_dir={shared_data / 'bccd'}", "--year=BCCD",
+            f"--set={split}", "--label_map=discover", f"--output_file_prefix={tmp_path}/{split}", "--num_shards=1")
+    model_dir = tmp_path / "model"
+    _py("ssd_main.py", "--mode=train_and_eval", "--model=ssd_vgg16_voc", f"--model_dir={model_dir}",
+        f"--training_file_pattern={tmp_path}/train-*", f"--validation_file_pattern={tmp_path}/val-*",
+        "--width_multiplier=0.125", "--train_batch_size=2", "--train_steps=1", "--eval_batch_size=8",
+        "--eval_steps=2", "--eval_metric=voc07", "--steps_per_loop=1")
+    results = json.loads((model_dir / "eval_results.json").read_text())
+    assert {"VOC/AP/RBC", "VOC/AP/WBC", "VOC/AP/Platelets", "VOC/mAP"} <= set(results)
+    assert results["num_images"] == 16 and 0.0 <= results["VOC/mAP"] <= 1.0
