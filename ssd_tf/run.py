@@ -123,10 +123,12 @@ def resolve_data(cfg: Config, mode: str, num_classes_given: bool = False) -> Non
         raise UsageError(f"--num_classes={cfg.model.num_classes} disagrees with the label map "
                          f"({len(label_map)} classes + background = {expected}); fix --num_classes or --label_map")
     cfg.model.num_classes = expected
+    for files, pattern_flag in ((train_files, "--training_file_pattern"), (eval_files, "--validation_file_pattern")):
+        _check_shard_sets(files, label_map_lib.sidecars_of(files), pattern_flag)
     if needs_train:
         sidecars = label_map_lib.sidecars_of(train_files)
         if sidecars:
-            counted = sum(int(s.get("num_images", 0)) for s in sidecars.values())
+            counted = _records_in(train_files, sidecars)
             if counted == 0:
                 raise UsageError(f"--training_file_pattern={d.training_file_pattern}: the converter's sidecar "
                                  f"{', '.join(sidecars)} counts 0 images; nothing to train on")
@@ -139,6 +141,41 @@ def resolve_data(cfg: Config, mode: str, num_classes_given: bool = False) -> Non
                     raise UsageError("epoch length unknown: pass --train_steps or --num_train_images")
             else:
                 d.num_train_images = counted
+
+
+def _sidecar_shards(sidecar_path: str, sidecar: dict) -> dict:
+    """{shard path: records} the converter wrote for one prefix (an older sidecar without the list: {})."""
+    directory = os.path.dirname(sidecar_path)
+    return {os.path.join(directory, e["file"]): int(e.get("num_records", 0)) for e in sidecar.get("shards", [])}
+
+
+def _check_shard_sets(files: list, sidecars: dict, flag: str) -> None:
+    """Every matched file of a converted prefix must be one of the shards its sidecar lists: a re-conversion
+    with another --num_shards would otherwise leave stale shards that the glob trains on twice."""
+    from ssd_tf.data.shards import shard_prefix, sidecar_path
+
+    for path, sidecar in sidecars.items():
+        listed = _sidecar_shards(path, sidecar)
+        if not listed:
+            continue
+        listed_real = {os.path.realpath(f) for f in listed}
+        stale = [f for f in files if sidecar_path(shard_prefix(f)) == path and os.path.realpath(f) not in listed_real]
+        if stale:
+            raise UsageError(f"{flag} matches {len(stale)} file(s) that {path} does not list as its shards, e.g. "
+                             f"{stale[0]} (left by an earlier conversion with another --num_shards?); delete them or "
+                             f"narrow the pattern")
+
+
+def _records_in(files: list, sidecars: dict) -> int:
+    """Images in the matched shards, from the sidecars' per-shard counts (whole sidecar counts for older ones)."""
+    total = 0
+    for path, sidecar in sidecars.items():
+        listed = {os.path.realpath(f): n for f, n in _sidecar_shards(path, sidecar).items()}
+        if listed:
+            total += sum(listed.get(os.path.realpath(f), 0) for f in files)
+        else:
+            total += int(sidecar.get("num_images", 0))
+    return total
 
 
 def _is_empty(path: str) -> bool:

@@ -110,3 +110,40 @@ def test_no_training_images(tmp_path):
     r, s = _main("--mode=train", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/train-*",
                  "--train_steps=1")
     _assert_fails(r, s, "counts 0 images; nothing to train on")
+
+
+def _sidecar(directory, prefix, shards, names=("circle", "square"), records_each=5):
+    meta = {"label_map": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+            "num_images": records_each * len(shards),
+            "shards": [{"file": f, "num_records": records_each} for f in shards]}
+    (directory / f"{prefix}.meta.json").write_text(json.dumps(meta))
+    for f in shards:
+        (directory / f).write_bytes(b"x")
+
+
+def test_stale_shards_of_an_earlier_conversion_are_refused(tmp_path):
+    _sidecar(tmp_path, "train", ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"])
+    (tmp_path / "train-00000-of-00004.tfrecord").write_bytes(b"x")  # left by a 4-shard conversion
+    r, s = _main("--mode=train", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/train-*",
+                 "--train_steps=1")
+    _assert_fails(r, s, "train-00000-of-00004.tfrecord", "does not list as its shards", "--num_shards")
+
+
+def test_train_and_validation_label_maps_must_agree(tmp_path):
+    _sidecar(tmp_path, "train", ["train-00000-of-00001.tfrecord"], names=("circle", "square"))
+    _sidecar(tmp_path, "val", ["val-00000-of-00001.tfrecord"], names=("square", "circle"))  # discovered in another order
+    r, s = _main("--mode=train_and_eval", f"--model_dir={tmp_path}/m", f"--training_file_pattern={tmp_path}/train-*",
+                 f"--validation_file_pattern={tmp_path}/val-*", "--train_steps=1")
+    _assert_fails(r, s, "val.meta.json", "differs from", "train.meta.json", "--label_map=TRAIN_PREFIX.meta.json")
+
+
+def test_records_whose_label_map_differs_from_the_models_are_refused(tmp_path):
+    from ssd_tf import config as config_lib
+    from ssd_tf import presets
+
+    cfg = presets.preset("ssd_resnet34")
+    cfg.data.class_ids, cfg.data.class_names = [1, 2], ["circle", "square"]
+    config_lib.save(cfg, str(tmp_path / "m"))
+    _sidecar(tmp_path, "val", ["val-00000-of-00001.tfrecord"], names=("circle", "triangle"))
+    r, s = _main("--mode=eval", f"--model_dir={tmp_path}/m", f"--validation_file_pattern={tmp_path}/val-*")
+    _assert_fails(r, s, "val.meta.json", "{1:circle, 2:triangle}", "config.json", "{1:circle, 2:square}")
