@@ -15,6 +15,7 @@ This module imports TensorFlow only inside the functions that need it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -360,7 +361,8 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
             return metrics
 
     try:
-        trainer.train(evaluate_fn)
+        with _input_errors_named(cfg, log):
+            trainer.train(evaluate_fn)
         if evaluate_fn is not None and trainer.is_chief and not getattr(trainer, "last_eval", None):
             # Nothing was left to train: a run killed during its final evaluation finishes that evaluation.
             latest = trainer.manager.latest_checkpoint
@@ -435,7 +437,8 @@ def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: 
     metrics = {}
     for path in checkpoints_to_evaluate(cfg, checkpoint, all_checkpoints):
         step = restore_model(cfg, model, path)
-        metrics = task.evaluate(model)
+        with _input_errors_named(cfg, log):
+            metrics = task.evaluate(model)
         log(f"Eval results at step {step} ({path}): " + json.dumps(
             {k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
         write_eval_results(cfg.runtime.model_dir, step, path, metrics)
@@ -443,6 +446,34 @@ def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _input_errors_named(cfg: Config, log):
+    """An input pipeline that fails on a record becomes a one-line UsageError naming the record: a class id
+    outside the label map (the reader's own check names the source_id), or an image that does not decode (the
+    files are scanned record by record to find it)."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        message = str(getattr(e, "message", e))
+        if "has class ids not in class_ids" in message:
+            detail = message[message.index("record with source_id"):].splitlines()[0]
+            raise UsageError(f"{detail}; the records' label map does not match the model's (--label_map)") from None
+        if not any(word in message for word in ("Decode", "decode", "JPEG", "PNG", "image")):
+            raise
+        from ssd_tf.data.diagnose import find_undecodable_record
+
+        log("An image failed to decode in the input pipeline; scanning the files for the record")
+        for pattern in (cfg.data.training_file_pattern, cfg.data.validation_file_pattern):
+            bad = find_undecodable_record(pattern) if pattern else None
+            if bad is not None:
+                raise UsageError(f"{bad.describe()}; re-convert the dataset (the converters check every image) or "
+                                 f"remove that image") from None
+        raise
+
+
+
 def _collective_errors():
     import tensorflow as tf
 
