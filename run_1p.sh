@@ -11,11 +11,11 @@
 # The environment (.venv) is created on first use unless a virtual environment is active.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
-cd "$ROOT"
-. scripts/ensure_env.sh
+# Relative paths in the arguments are the caller's: ssd_main.py runs in the caller's directory.
+. "$ROOT/scripts/ensure_env.sh"
 
 if [ $# -gt 0 ] && [[ "$1" == --* ]]; then
-  exec python ssd_main.py "$@"
+  exec python "$ROOT/ssd_main.py" "$@"
 fi
 
 if [ $# -gt 0 ]; then
@@ -23,7 +23,7 @@ if [ $# -gt 0 ]; then
   VAL_JSON=""; MODEL_DIR="${MODEL_DIR:-$ROOT/training/model_1p}"
   if [ $# -gt 0 ] && [[ "$1" != --* ]]; then VAL_JSON="$1"; shift; fi
   if [ $# -gt 0 ] && [[ "$1" != --* ]]; then MODEL_DIR="$1"; shift; fi
-  exec python ssd_main.py --mode=train_and_eval --model="${MODEL:-ssd_resnet34}" \
+  exec python "$ROOT/ssd_main.py" --mode=train_and_eval --model="${MODEL:-ssd_resnet34}" \
     --training_file_pattern="$TRAIN" --validation_file_pattern="$VAL" \
     ${VAL_JSON:+--val_json_file="$VAL_JSON"} --model_dir="$MODEL_DIR" \
     --train_batch_size="${BATCH_SIZE:-32}" --num_epochs="${EPOCHS:-115.2}" "$@"
@@ -48,7 +48,7 @@ python -m data_tools.inspect_tfrecord --input_pattern="$WORK/tfrecords/val-*.tfr
 
 # Demo preset: the ssd_resnet34 code path (MLPerf model, cosine recipe, MLPerf augmentation and loss)
 # scaled down through flags only: channels x0.25, a short schedule with a higher LR for the small batch.
-python ssd_main.py --mode=train_and_eval --model=ssd_resnet34 \
+python "$ROOT/ssd_main.py" --mode=train_and_eval --model=ssd_resnet34 \
   --training_file_pattern="$WORK/tfrecords/train-*.tfrecord" \
   --validation_file_pattern="$WORK/tfrecords/val-*.tfrecord" \
   --val_json_file="$WORK/shapes/annotations/instances_val.json" \

@@ -35,8 +35,8 @@
 # Ctrl-C / SIGTERM stop every rank too: no rank outlives the script.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
-cd "$ROOT"
-. scripts/ensure_env.sh
+# Relative paths (in flags, RANK_TABLE_FILE, LOG_DIR) are the caller's: every rank runs in the caller's directory.
+. "$ROOT/scripts/ensure_env.sh"
 
 RANK_SIZE="${RANK_SIZE:-8}"
 RANK_START="${RANK_START:-0}"
@@ -68,7 +68,7 @@ if [ -z "$table" ]; then
     "$table" "$RANK_SIZE"
   echo "run_8p.sh: wrote a rank table for $RANK_SIZE local devices: $table"
 fi
-case "$table" in /*) ;; *) table="$ROOT/$table" ;; esac
+case "$table" in /*) ;; *) table="$PWD/$table" ;; esac
 
 # "<rank_id> <device_id> <table size>" for the ranks started here; validates the table (errors name the file).
 plan="$("$PY" - "$table" "$RANK_START" "$RANK_SIZE" <<'EOF'

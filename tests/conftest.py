@@ -23,6 +23,17 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
+def pytest_configure(config):
+    """SSD_TF_REQUIRE_TORCH=1 (run_tests.sh sets it when it installed the torch extra): the parity tests must
+    run, so a torch or torchvision that does not import is an error, not a reason to skip them."""
+    if os.environ.get("SSD_TF_REQUIRE_TORCH") == "1":
+        try:
+            import torch  # noqa: F401
+            import torchvision  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - any import failure
+            raise pytest.UsageError(f"SSD_TF_REQUIRE_TORCH=1 but torch/torchvision do not import: {e!r}") from e
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
