@@ -59,7 +59,7 @@ WORKER_SCRIPT = textwrap.dedent("""
     strategy = make_strategy("auto", cluster=cluster, collective_timeout_seconds=60)
     import tensorflow as tf
     from distribute_tiny_train import train
-    weights, losses = train(strategy, steps=%d)
+    weights, losses = train(strategy, steps=%d, model_dir=os.environ["TEST_MODEL_DIR"])
     print(json.dumps({
         "is_mwms": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
         "replicas": strategy.num_replicas_in_sync,
