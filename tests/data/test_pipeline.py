@@ -180,3 +180,20 @@ def test_argument_validation(records):
     with pytest.raises(ValueError, match="augmentation"):
         build_ssd_dataset(str(d / "toy-*"), model=model_config("ssd_vgg16"), batch_size=2, is_training=True,
                           class_ids=CLASS_IDS, augmentation="heavy")
+
+
+def test_more_boxes_than_max_boxes_keeps_the_first_ones(tmp_path):
+    rng = np.random.default_rng(4)
+    rec, truth = _record(0, rng, labels=[3, 7, 11, 3, 7, 11, 3])  # 7 boxes
+    with tf.io.TFRecordWriter(str(tmp_path / "many.tfrecord")) as w:
+        w.write(rec)
+    for is_training in (False, True):
+        ds = build_ssd_dataset(str(tmp_path / "many.tfrecord"), model=model_config("ssd_vgg16"), batch_size=1,
+                               is_training=is_training, class_ids=CLASS_IDS, max_boxes=4, augmentation=None,
+                               shuffle_buffer=1, seed=0)
+        _, labels = next(iter(ds))
+        assert labels["num_boxes"].numpy().tolist() == [4] and labels["boxes"].shape == (1, 4, 4)
+        np.testing.assert_allclose(labels["boxes"].numpy()[0], np.clip(truth["boxes"][:4], 0, 1), atol=1e-6)
+        np.testing.assert_array_equal(labels["classes"].numpy()[0], truth["classes"][:4])
+        if is_training:  # targets are matched against the kept boxes only
+            assert set(labels["class_targets"].numpy()[0]) - {0} <= set(truth["classes"][:4])
