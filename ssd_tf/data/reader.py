@@ -22,6 +22,7 @@ training). ``decoded`` is ``decode_example``'s dict with contiguous ``classes`` 
 """
 from __future__ import annotations
 
+import math
 import random
 
 import tensorflow as tf
@@ -29,6 +30,8 @@ import tensorflow as tf
 from ssd_tf.data import example as ex
 from ssd_tf.data.decoder import decode_example
 from ssd_tf.data.shards import expand_pattern
+
+_ORIENTATION_SAMPLE = 2000  # records read (headers only) to estimate the landscape fraction
 
 
 def list_files(file_pattern) -> list[str]:
@@ -103,27 +106,12 @@ def _validate(batch_size, class_ids, shuffle_buffer):
         raise ValueError(f"class_ids must be a non-empty list of distinct dataset ids, got {list(class_ids)!r}")
 
 
-def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, input_context=None,
-                  shuffle_buffer=1024, seed=None, cache=False, skip_examples=0, drop_crowd=False,
-                  drop_difficult=False, drop_images_without_boxes=False, num_parallel_calls=tf.data.AUTOTUNE):
-    """TFRecords -> batches of ``parser``'s ``(image, labels)`` (see the module docstring).
-
-    ``class_ids``: dataset ids in contiguous order. ``input_context``: a ``tf.distribute.InputContext``.
-    ``cache`` keeps the serialized records in memory. ``skip_examples`` skips that many training examples
-    (resume). ``drop_crowd`` / ``drop_difficult``: which boxes training targets leave out (passed to the
-    parser as ``decoded["train_keep"]``); ``drop_images_without_boxes``: training skips images none of whose
-    boxes is kept. Training batches repeat forever; evaluation is one pass.
-    """
-    _validate(batch_size, class_ids, shuffle_buffer)
-    files = list_files(file_pattern)
-    num_pipes = input_context.num_input_pipelines if input_context is not None else 1
-    pipe_id = input_context.input_pipeline_id if input_context is not None else 0
+def _serialized_records(files, *, is_training, num_pipes, pipe_id, seed, shuffle_buffer, cache):
+    """The serialized records this input pipeline reads: file- or record-level sharding, interleave, [cache],
+    and for training a shuffled, repeated stream."""
     shard_records = num_pipes > 1 and len(files) < num_pipes
     if num_pipes > 1 and not shard_records:
         files = files[pipe_id::num_pipes]
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-
     ds = tf.data.Dataset.from_tensor_slices(files)
     if is_training and len(files) > 1 and not shard_records:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -138,30 +126,112 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
         ds = ds.cache()
     if is_training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-        if drop_images_without_boxes:
-            ds = ds.filter(lambda s: _has_training_boxes(s, drop_crowd, drop_difficult))
-        ds = ds.enumerate()
-        if skip_examples:
-            ds = ds.skip(int(skip_examples))
-    else:
-        ds = ds.map(lambda s: (tf.constant(0, tf.int64), s))
+    return ds
 
+
+def landscape_fraction(files, orientation, sample: int) -> float:
+    """The fraction of group 0 (landscape) among the first ``sample`` records of ``files`` (in file order)."""
+    counts = tf.data.TFRecordDataset(list(files)).take(sample).map(orientation).reduce(
+        tf.zeros([2], tf.int64), lambda acc, g: acc + tf.one_hot(g, 2, dtype=tf.int64))
+    counts = counts.numpy()
+    return float(counts[0]) / max(1, int(counts.sum()))
+
+
+def group_choice(k, p: float, phi: float):
+    """1 when batch k comes from group 0 (landscape): floor((k + 1) p + phi) > floor(k p + phi), a sequence whose
+    first K terms hold exactly floor(K p + phi) ones (phi in [0, 1))."""
+    k = tf.cast(k, tf.float64)
+    return tf.cast(tf.floor((k + 1.0) * p + phi) - tf.floor(k * p + phi), tf.int64)
+
+
+def groups_before(batches: int, p: float, phi: float) -> tuple[int, int]:
+    """(group-0 batches, group-1 batches) among the first ``batches`` batches of ``group_choice``."""
+    first = int(math.floor(batches * p + phi))
+    return first, batches - first
+
+
+def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, input_context=None,
+                  shuffle_buffer=1024, seed=None, cache=False, skip_examples=0, drop_crowd=False,
+                  drop_difficult=False, drop_images_without_boxes=False, num_parallel_calls=tf.data.AUTOTUNE,
+                  log=None):
+    """TFRecords -> batches of ``parser``'s ``(image, labels)`` (see the module docstring).
+
+    ``class_ids``: dataset ids in contiguous order. ``input_context``: a ``tf.distribute.InputContext``.
+    ``cache`` keeps the serialized records in memory. ``skip_examples`` skips that many training examples
+    (resume; a multiple of ``batch_size``). ``drop_crowd`` / ``drop_difficult``: which boxes training targets
+    leave out (passed to the parser as ``decoded["train_keep"]``); ``drop_images_without_boxes``: training skips
+    images none of whose boxes is kept. Training batches repeat forever; evaluation is one pass.
+
+    A parser with an ``orientation(serialized) -> 0 | 1`` method gets single-orientation training batches from
+    two streams (see ``group_choice``; R-CNN's landscape / portrait canvases).
+    """
+    _validate(batch_size, class_ids, shuffle_buffer)
+    files = list_files(file_pattern)
+    num_pipes = input_context.num_input_pipelines if input_context is not None else 1
+    pipe_id = input_context.input_pipeline_id if input_context is not None else 0
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
     table = class_table(class_ids)
-    base_seed = tf.constant([seed, pipe_id], tf.int64)
 
-    @tf.autograph.experimental.do_not_convert  # plain graph code (explicit tf.cond): tracing 3x faster
-    def parse(index, serialized):
-        decoded = decode_example(serialized)
-        decoded["classes"] = to_contiguous_classes(decoded, table, file_pattern, class_ids)
+    def parse_fn(group):
+        base_seed = tf.constant([seed, pipe_id] + ([] if group is None else [group]), tf.int64)
+
+        @tf.autograph.experimental.do_not_convert  # plain graph code (explicit tf.cond): tracing 3x faster
+        def parse(index, serialized):
+            decoded = decode_example(serialized)
+            decoded["classes"] = to_contiguous_classes(decoded, table, file_pattern, class_ids)
+            if is_training:
+                decoded["train_keep"] = training_box_mask(decoded, drop_crowd, drop_difficult)
+            example_seed = tf.random.experimental.stateless_fold_in(base_seed[:2], index)
+            if group is not None:
+                example_seed = tf.random.experimental.stateless_fold_in(example_seed, group)
+            return parser.parse(decoded, example_seed, is_training)
+
+        return parse
+
+    def records(stream_seed):
+        ds = _serialized_records(files, is_training=is_training, num_pipes=num_pipes, pipe_id=pipe_id,
+                                 seed=stream_seed, shuffle_buffer=shuffle_buffer, cache=cache)
+        if is_training and drop_images_without_boxes:
+            ds = ds.filter(lambda s: _has_training_boxes(s, drop_crowd, drop_difficult))
+        return ds
+
+    grouped = is_training and hasattr(parser, "orientation")
+    if grouped:
+        p = landscape_fraction(files, parser.orientation, _ORIENTATION_SAMPLE)
+        phi = (seed % 9973) / 9973.0
+        skip_batches = int(skip_examples) // batch_size
+        before = groups_before(skip_batches, p, phi)
+        if log is not None:
+            log(f"Training batches by orientation: {p:.1%} landscape")
+        streams = []
+        for group in (0, 1):
+            ds = records(seed + 7919 * group).filter(
+                lambda s, g=group: tf.equal(parser.orientation(s), g)).enumerate()
+            if before[group]:
+                ds = ds.skip(before[group] * batch_size)
+            ds = ds.map(parse_fn(group), num_parallel_calls=num_parallel_calls, deterministic=True)
+            ds = ds.batch(batch_size, drop_remainder=True)
+            if hasattr(parser, "fix_shape"):
+                ds = ds.map(lambda images, labels, g=group: (parser.fix_shape(images, g), labels))
+            streams.append(ds)
+        if p >= 1.0 or p <= 0.0:  # one orientation only (in the sample): its stream alone
+            ds = streams[0 if p >= 1.0 else 1]
+        else:
+            choice = tf.data.Dataset.range(skip_batches, 2**62).map(lambda k: 1 - group_choice(k, p, phi))
+            ds = tf.data.Dataset.choose_from_datasets(streams, choice)
+    else:
+        ds = records(seed)
         if is_training:
-            decoded["train_keep"] = training_box_mask(decoded, drop_crowd, drop_difficult)
-        example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        return parser.parse(decoded, example_seed, is_training)
-
-    ds = ds.map(parse, num_parallel_calls=num_parallel_calls, deterministic=True)
-    batch = getattr(parser, "batch", None)
-    ds = batch(ds, batch_size, is_training) if batch is not None else ds.batch(batch_size,
-                                                                                 drop_remainder=is_training)
+            ds = ds.enumerate()
+            if skip_examples:
+                ds = ds.skip(int(skip_examples))
+        else:
+            ds = ds.map(lambda s: (tf.constant(0, tf.int64), s))
+        ds = ds.map(parse_fn(None), num_parallel_calls=num_parallel_calls, deterministic=True)
+        batch = getattr(parser, "batch", None)
+        ds = batch(ds, batch_size, is_training) if batch is not None else ds.batch(batch_size,
+                                                                                     drop_remainder=is_training)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True

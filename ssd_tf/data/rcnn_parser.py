@@ -1,0 +1,168 @@
+"""The Faster R-CNN family's parser: decoded examples -> resized, padded model inputs (values from a
+``FasterRCNNModelConfig``).
+
+Per image (REFERENCE_SPECS §3.7):
+* resize keeping the aspect ratio: torchvision's rule (``resize_rounding="torchvision"``: scale =
+  min(min_size / shorter side, max_size / longer side), output size floor(side * scale), bilinear with half-pixel
+  centres = ``F.interpolate(align_corners=False)``) or maskrcnn-benchmark's (``"truncate"``: its integer
+  ``Resize.get_size``);
+* training: horizontal flip with probability ``flip_prob`` (x' = W - x, or W - x - 1 with ``pixel_offset`` 1),
+  stateless in the example's seed;
+* the config's normalisation (RGB 0-1 mean/std, or BGR 0-255 mean only), then zero padding (0 in normalised
+  space, as torchvision pads after normalising) to one fixed canvas per orientation: landscape (h <= w)
+  ceil32(min_size) x ceil32(max_size), portrait the transpose. A run therefore sees two input shapes.
+
+Labels: training — ``boxes`` [max_boxes, 4] yxyx in pixels of the resized (flipped) image, ``classes`` (contiguous,
+0 = padding), ``num_boxes``, ``image_info``; crowd (and difficult) boxes are left out of training targets by the
+reader's ``train_keep``. Evaluation — ``source_id``, ``image_info`` and the ground truth normalised to the
+original image (``boxes``, ``classes``, ``is_crowd``, ``difficult``, ``num_boxes``), as every family sends it.
+
+``image_info`` (float32 [4, 2]): original (h, w), resized (h, w) — the valid part of the canvas, top-left —,
+scale (h'/h, w'/w) and offset (0, 0). The model's detections are pixels of the resized image
+(``boxes_frame="input_pixels"``).
+
+Batching: every batch holds one orientation. Training reads two streams (landscape, portrait), each shuffled and
+repeated, and takes batch k from the landscape stream when floor((k + 1) p + phi) > floor(k p + phi), p being the
+landscape fraction of the training set (estimated from up to ``ORIENTATION_SAMPLE`` records) — the same
+proportion as torchvision's aspect-ratio grouping, with every stream's position a closed-form function of the
+step, so a resumed run skips exactly what it consumed. Evaluation groups consecutive images by orientation.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from ssd_tf.data import example as ex
+from ssd_tf.data.preprocess import normalize_image
+from ssd_tf.data.reader import pad_to
+from ssd_tf.data.ssd_parser import image_info
+
+ORIENTATION_SAMPLE = 2000
+LANDSCAPE, PORTRAIT = 0, 1
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def resized_size(height, width, min_size: int, max_size: int, rounding: str = "torchvision"):
+    """(new height, new width) int32 of an image of ``height`` x ``width`` (scalar tensors or ints)."""
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    short, long = tf.minimum(h, w), tf.maximum(h, w)
+    if rounding == "torchvision":
+        # torchvision (eager): scale = min(min_size / short, max_size / long) in Python floats, size floor(side * scale).
+        s = tf.minimum(float(min_size) / short, float(max_size) / long)
+        return tf.cast(tf.floor(h * s), tf.int32), tf.cast(tf.floor(w * s), tf.int32)
+    if rounding == "truncate":
+        # maskrcnn-benchmark Resize.get_size: the shorter side becomes `size` (lowered so the longer side fits
+        # max_size, rounded), the longer one int(size * long / short).
+        size = tf.where(long / short * float(min_size) > float(max_size),
+                        tf.round(float(max_size) * short / long), float(min_size))
+        size = tf.cast(size, tf.float64)
+        h64, w64 = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+        keep = (tf.logical_and(w64 <= h64, tf.equal(w64, size)) | tf.logical_and(h64 <= w64, tf.equal(h64, size)))
+        oh = tf.where(w64 < h64, tf.floor(size * h64 / w64), size)
+        ow = tf.where(w64 < h64, size, tf.floor(size * w64 / h64))
+        oh, ow = tf.where(keep, h64, oh), tf.where(keep, w64, ow)
+        return tf.cast(oh, tf.int32), tf.cast(ow, tf.int32)
+    raise ValueError(f"resize_rounding must be 'torchvision' or 'truncate', got {rounding!r}")
+
+
+def record_orientation(serialized) -> tf.Tensor:
+    """LANDSCAPE (h <= w) or PORTRAIT of a serialized example, from its stated size (the image header when the
+    record states none), without decoding the pixels."""
+    parsed = tf.io.parse_single_example(serialized, {
+        ex.IMAGE_HEIGHT: tf.io.FixedLenFeature((), tf.int64, default_value=-1),
+        ex.IMAGE_WIDTH: tf.io.FixedLenFeature((), tf.int64, default_value=-1),
+        ex.IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string, default_value="")})
+    h, w = parsed[ex.IMAGE_HEIGHT], parsed[ex.IMAGE_WIDTH]
+
+    def from_image():
+        shape = tf.shape(tf.io.decode_image(parsed[ex.IMAGE_ENCODED], channels=3, expand_animations=False))
+        return tf.cast(shape[0], tf.int64), tf.cast(shape[1], tf.int64)
+
+    h, w = tf.cond((h > 0) & (w > 0), lambda: (h, w), from_image)
+    return tf.where(h <= w, LANDSCAPE, PORTRAIT)
+
+
+class RCNNParser:
+    def __init__(self, model, *, max_boxes=100):
+        """``model``: a ``FasterRCNNModelConfig``."""
+        from ssd_tf.model_configs.faster_rcnn import FasterRCNNModelConfig
+
+        if not isinstance(model, FasterRCNNModelConfig):
+            raise ValueError(f"RCNNParser needs a FasterRCNNModelConfig, got {model!r}")
+        if not isinstance(max_boxes, int) or max_boxes < 1:
+            raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
+        self.model = model
+        self.max_boxes = max_boxes
+        d = model.size_divisibility
+        self.canvas = {LANDSCAPE: (_ceil_to(model.min_size, d), _ceil_to(model.max_size, d)),
+                       PORTRAIT: (_ceil_to(model.max_size, d), _ceil_to(model.min_size, d))}
+
+    # --- one example --------------------------------------------------------------------------------
+    def parse(self, decoded, seed, is_training):
+        m = self.model
+        height, width = decoded["height"], decoded["width"]
+        new_h, new_w = resized_size(height, width, m.min_size, m.max_size, m.resize_rounding)
+        image = tf.image.resize(tf.cast(decoded["image"], tf.float32), tf.stack([new_h, new_w]), method="bilinear")
+        original = tf.stack([height, width])
+        resized = tf.stack([new_h, new_w])
+        info = image_info(original, resized, tf.cast(resized, tf.float32) / tf.cast(original, tf.float32))
+        boxes, classes = decoded["boxes"], decoded["classes"]
+        if is_training:
+            keep = decoded["train_keep"]
+            boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
+            pixels = tf.clip_by_value(boxes, 0.0, 1.0) * tf.cast(tf.stack([new_h, new_w, new_h, new_w]), tf.float32)
+            flip = tf.random.stateless_uniform([], seed=seed) < m.flip_prob
+            image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+            pixels = tf.cond(flip, lambda: self._flip_boxes(pixels, new_w), lambda: pixels)
+            labels = {"boxes": pad_to(pixels, self.max_boxes), "classes": pad_to(classes, self.max_boxes),
+                      "num_boxes": tf.minimum(tf.shape(pixels)[0], self.max_boxes), "image_info": info}
+        else:
+            m_ = self.max_boxes
+            labels = {"source_id": decoded["source_id"], "image_info": info, "boxes": pad_to(boxes, m_),
+                      "classes": pad_to(classes, m_), "is_crowd": pad_to(decoded["is_crowd"], m_, False),
+                      "difficult": pad_to(decoded["difficult"], m_, False),
+                      "num_boxes": tf.minimum(tf.shape(boxes)[0], m_)}
+        image = normalize_image(image, m.normalization)
+        return self._pad(image, new_h, new_w), labels
+
+    def _flip_boxes(self, boxes, width):
+        w = tf.cast(width, tf.float32) - float(self.model.pixel_offset)
+        ymin, xmin, ymax, xmax = tf.unstack(boxes, 4, axis=-1)
+        return tf.stack([ymin, w - xmax, ymax, w - xmin], axis=-1)
+
+    def _pad(self, image, new_h, new_w):
+        """Zero-pads to the orientation's canvas; returns [H, W, 3] with H, W the canvas (dynamic shape)."""
+        (lh, lw), (ph, pw) = self.canvas[LANDSCAPE], self.canvas[PORTRAIT]
+        landscape = new_h <= new_w
+        target_h = tf.where(landscape, lh, ph)
+        target_w = tf.where(landscape, lw, pw)
+        image = tf.pad(image, [[0, target_h - new_h], [0, target_w - new_w], [0, 0]])
+        return tf.ensure_shape(image, [None, None, 3])
+
+    # --- batches --------------------------------------------------------------------------------------
+    def orientation(self, serialized):
+        return record_orientation(serialized)
+
+    def batch(self, dataset, batch_size, is_training):
+        """Evaluation: consecutive images of one orientation per batch (the last of each may be short).
+        Training batches are formed by the reader from one stream per orientation (``orientation``)."""
+        if is_training:
+            raise ValueError("RCNNParser: training batches come from the reader's orientation streams")
+
+        def key(image, labels):
+            return tf.cast(tf.shape(image)[0] > tf.shape(image)[1], tf.int64)
+
+        def to_batch(_, window):
+            return window.batch(batch_size)
+
+        return dataset.group_by_window(key, to_batch, window_size=batch_size)
+
+    def fix_shape(self, images, group):
+        """The static canvas of a training batch of orientation ``group``."""
+        h, w = self.canvas[group]
+        return tf.ensure_shape(images, [None, h, w, 3])

@@ -1,0 +1,114 @@
+"""The R-CNN parser on the shared reader: aspect-preserving resize (torchvision's and maskrcnn-benchmark's
+rounding), flip, boxes in resized pixels, crowd left out of training, image_info, two fixed canvases, and
+single-orientation training batches whose stream position is a function of the step (exact resume)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssd_tf import config as config_lib
+from ssd_tf import presets
+from ssd_tf.data.example import encode_example
+from ssd_tf.data.rcnn_parser import RCNNParser, resized_size
+from ssd_tf.data.reader import build_dataset, group_choice, groups_before
+
+CLASS_IDS = [1, 2]
+SIZES = [(60, 90), (90, 60), (64, 64), (50, 120), (120, 50), (70, 100), (100, 70), (80, 80), (40, 100), (66, 99)]
+
+
+def _model(**overrides):
+    cfg = presets.preset("faster_rcnn_r50_fpn")
+    for key, value in {"model.min_size": 64, "model.max_size": 96, **overrides}.items():
+        config_lib.set_value(cfg, key, value)
+    return config_lib.validate(cfg).model
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rcnn") / "r-00000-of-00001.tfrecord"
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for i, (h, wd) in enumerate(SIZES):
+            img = rng.integers(0, 255, (h, wd, 3)).astype(np.uint8)
+            crowd = [0, 1] if i % 3 == 0 else [0, 0]
+            w.write(encode_example(encoded=tf.io.encode_png(img).numpy(), image_format="png", height=h, width=wd,
+                                   source_id=str(i + 1), filename=f"{i}.png", xmin=[0.1, 0.5], ymin=[0.2, 0.4],
+                                   xmax=[0.4, 0.9], ymax=[0.7, 0.8], labels=[1, 2], texts=["a", "b"],
+                                   is_crowd=crowd, area=[1.0, 1.0], difficult=[0, 0], truncated=[0, 0]))
+    return str(path)
+
+
+def test_resize_rules_match_the_references():
+    # torchvision: scale = min(800 / short, 1333 / long), size floor(side * scale)
+    assert [int(v) for v in resized_size(480, 640, 800, 1333)] == [800, 1066]
+    assert [int(v) for v in resized_size(427, 640, 800, 1333)] == [800, 1199]
+    assert [int(v) for v in resized_size(300, 1200, 800, 1333)] == [333, 1333]
+    assert [int(v) for v in resized_size(333, 500, 800, 1333)] == [800, 1201]  # checked against torchvision 0.29
+    # maskrcnn-benchmark Resize.get_size: ints, shorter side 800 unless the longer side would pass 1333
+    assert [int(v) for v in resized_size(427, 640, 800, 1333, "truncate")] == [800, 1199]
+    assert [int(v) for v in resized_size(300, 1200, 800, 1333, "truncate")] == [333, 1332]
+    assert [int(v) for v in resized_size(640, 427, 800, 1333, "truncate")] == [1199, 800]
+
+
+def test_eval_images_labels_and_image_info(records):
+    parser = RCNNParser(_model(), max_boxes=4)
+    ds = build_dataset(records, parser, batch_size=3, is_training=False, class_ids=CLASS_IDS)
+    seen = {}
+    for images, labels in ds:
+        shape = tuple(images.shape[1:3])
+        assert shape in {(64, 96), (96, 64)}
+        for k in range(images.shape[0]):
+            info = labels["image_info"][k].numpy()
+            seen[labels["source_id"][k].numpy().decode()] = (shape, info, labels["num_boxes"][k].numpy())
+    assert len(seen) == len(SIZES)
+    for i, (h, w) in enumerate(SIZES):
+        shape, info, n = seen[str(i + 1)]
+        new = [int(v) for v in resized_size(h, w, 64, 96)]
+        assert shape == ((64, 96) if new[0] <= new[1] else (96, 64))
+        np.testing.assert_array_equal(info[0], [h, w])
+        np.testing.assert_array_equal(info[1], new)
+        np.testing.assert_allclose(info[2], np.array(new) / np.array([h, w]), rtol=1e-6)
+        assert n == 2  # evaluation keeps crowd boxes (COCO ignore regions)
+
+
+def test_training_batches_one_orientation_boxes_in_pixels_and_no_crowd(records):
+    parser = RCNNParser(_model(**{"model.flip_prob": 0.0}), max_boxes=4)
+    ds = build_dataset(records, parser, batch_size=2, is_training=True, class_ids=CLASS_IDS, seed=1,
+                       shuffle_buffer=4, drop_crowd=True)
+    for images, labels in ds.take(12):
+        assert tuple(images.shape[1:]) in {(64, 96, 3), (96, 64, 3)}  # static canvas per batch
+        for k in range(2):
+            info = labels["image_info"][k].numpy()
+            h, w = info[1]
+            assert (images.shape[1] == 64) == (h <= w)
+            n = int(labels["num_boxes"][k])
+            boxes = labels["boxes"][k, :n].numpy()
+            original = info[0]
+            expected = np.array([[0.2, 0.1, 0.7, 0.4], [0.4, 0.5, 0.8, 0.9]]) * [h, w, h, w]
+            crowd = SIZES.index((int(original[0]), int(original[1]))) % 3 == 0  # its second box is a crowd box
+            np.testing.assert_allclose(boxes, expected[:n], rtol=1e-5)
+            assert n == (1 if crowd else 2)
+
+
+def test_flip_mirrors_boxes_in_the_resized_frame(records):
+    for offset in (0.0, 1.0):
+        parser = RCNNParser(_model(**{"model.flip_prob": 1.0, "model.pixel_offset": offset}), max_boxes=4)
+        images, labels = next(iter(build_dataset(records, parser, batch_size=1, is_training=True,
+                                                 class_ids=CLASS_IDS, seed=2, shuffle_buffer=1)))
+        h, w = labels["image_info"][0, 1].numpy()
+        b = labels["boxes"][0, 0].numpy()
+        np.testing.assert_allclose(b, [0.2 * h, w - offset - 0.4 * w, 0.7 * h, w - offset - 0.1 * w], rtol=1e-5)
+
+
+def test_group_choice_counts_and_resume_skip_are_exact(records):
+    p, phi = 0.7, 0.3
+    choices = [int(group_choice(k, p, phi)) for k in range(50)]
+    for k in (0, 1, 7, 50):
+        assert groups_before(k, p, phi) == (sum(choices[:k]), k - sum(choices[:k]))
+    parser = RCNNParser(_model(), max_boxes=4)
+    kwargs = dict(batch_size=2, is_training=True, class_ids=CLASS_IDS, seed=3, shuffle_buffer=4)
+    full = [(i.numpy(), l["boxes"].numpy()) for i, l in build_dataset(records, parser, **kwargs).take(9)]
+    resumed = [(i.numpy(), l["boxes"].numpy())
+               for i, l in build_dataset(records, parser, skip_examples=5 * 2, **kwargs).take(4)]
+    for (a_img, a_box), (b_img, b_box) in zip(full[5:], resumed):
+        np.testing.assert_array_equal(a_img, b_img)
+        np.testing.assert_array_equal(a_box, b_box)
