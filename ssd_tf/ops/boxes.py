@@ -96,17 +96,24 @@ def clip_boxes(boxes, max_y=1.0, max_x=1.0, min_value=0.0):
                      clip(ymax, min_value, max_y), clip(xmax, min_value, max_x)], axis=-1)
 
 
-def area(boxes):
-    """Area of yxyx boxes [..., 4] -> [...]; inverted boxes count as 0."""
+def area(boxes, plus_one=False):
+    """Area of yxyx boxes [..., 4] -> [...]; inverted boxes count as 0.
+
+    ``plus_one=True``: maskrcnn-benchmark's pixel convention, side = max - min + 1 (a box [0, 0, 0, 0] covers one
+    pixel); default continuous (side = max - min).
+    """
     boxes = tf.convert_to_tensor(boxes)
     ymin, xmin, ymax, xmax = _unpack(boxes, "area")
-    return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
+    one = 1.0 if plus_one else 0.0
+    return tf.maximum(ymax - ymin + one, 0.0) * tf.maximum(xmax - xmin + one, 0.0)
 
 
-def iou(boxes_a, boxes_b):
+def iou(boxes_a, boxes_b, plus_one=False):
     """Pairwise IoU of yxyx boxes: a [..., N, 4], b [..., M, 4] -> [..., N, M].
 
-    Leading (batch) axes must broadcast. Continuous convention (no +1). Pairs whose union is 0 get IoU 0.
+    Leading (batch) axes must broadcast. Continuous convention (no +1) by default, as torchvision; ``plus_one=True``
+    is maskrcnn-benchmark's ``boxlist_iou`` (sides and intersections measured as max - min + 1). Pairs whose union
+    is 0 get IoU 0.
     """
     boxes_a = tf.convert_to_tensor(boxes_a)
     boxes_b = tf.convert_to_tensor(boxes_b, dtype=boxes_a.dtype)
@@ -116,6 +123,8 @@ def iou(boxes_a, boxes_b):
         raise ValueError(f"iou: boxes_b must be [..., M, 4], got shape {boxes_b.shape}")
     ay0, ax0, ay1, ax1 = [t[..., :, None] for t in _unpack(boxes_a, "iou boxes_a")]  # [..., N, 1]
     by0, bx0, by1, bx1 = [t[..., None, :] for t in _unpack(boxes_b, "iou boxes_b")]  # [..., 1, M]
+    if plus_one:
+        ay1, ax1, by1, bx1 = ay1 + 1.0, ax1 + 1.0, by1 + 1.0, bx1 + 1.0
     inter_h = tf.maximum(tf.minimum(ay1, by1) - tf.maximum(ay0, by0), 0.0)
     inter_w = tf.maximum(tf.minimum(ax1, bx1) - tf.maximum(ax0, bx0), 0.0)
     inter = inter_h * inter_w  # [..., N, M]
