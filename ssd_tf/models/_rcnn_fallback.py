@@ -1,6 +1,6 @@
-"""Private stand-ins for the Faster R-CNN ops the ops package does not provide yet (general matcher, balanced
-sampler, RPN proposal selection, multi-scale RoIAlign, detection post-processing). Each is replaced by its
-``ssd_tf.ops`` counterpart as that lands; nothing outside ``ssd_tf.models.faster_rcnn`` imports this module.
+"""Private stand-ins for the Faster R-CNN ops the ops package does not provide yet (RPN proposal selection,
+multi-scale RoIAlign, detection post-processing). Each is replaced by its ``ssd_tf.ops`` counterpart as that
+lands; nothing outside ``ssd_tf.models.faster_rcnn`` imports this module.
 
 Semantics are torchvision's (REFERENCE_SPECS §3.3-3.6); shapes are static, batch-first.
 """
@@ -11,57 +11,6 @@ import math
 import tensorflow as tf
 
 from ssd_tf.ops import box_coder
-
-BELOW_LOW = -1
-BETWEEN = -2
-
-
-def match(quality, gt_valid, high_threshold, low_threshold, allow_low_quality_matches):
-    """torchvision ``Matcher`` on a batch: quality [B, M, N] (gt x predictions), gt_valid bool [B, M].
-
-    Returns int32 [B, N]: the matched gt row, -1 below ``low_threshold``, -2 between the thresholds. With
-    ``allow_low_quality_matches`` every prediction tied at a gt's highest quality takes its best gt, as torchvision
-    (except that a gt whose best quality is 0 forces nothing). An image without valid gts gives all -1.
-    """
-    num_rows = tf.shape(quality)[1]
-    rows = tf.range(num_rows, dtype=tf.int32)
-    quality = tf.where(gt_valid[:, :, None], quality, -1.0)
-    best = tf.reduce_max(quality, axis=1)  # [B, N]
-    best_gt = tf.reduce_min(tf.where(quality == best[:, None, :], rows[:, None], num_rows), axis=1)
-    matches = tf.where(best < low_threshold, BELOW_LOW, tf.where(best < high_threshold, BETWEEN, best_gt))
-    if allow_low_quality_matches:
-        gt_best = tf.reduce_max(quality, axis=2, keepdims=True)  # [B, M, 1]
-        tied = (quality == gt_best) & gt_valid[:, :, None] & (gt_best > 0.0)
-        matches = tf.where(tf.reduce_any(tied, axis=1), best_gt, matches)
-    return tf.where(tf.reduce_any(gt_valid, axis=1, keepdims=True), matches, BELOW_LOW)
-
-
-def sample_balanced(labels, num_samples, positive_fraction, seed):
-    """torchvision ``BalancedPositiveNegativeSampler`` with fixed-size output and a stateless seed.
-
-    labels: int [B, N], 1 positive, 0 negative, -1 ignored. Picks min(floor(S * fraction), #pos) positives and
-    min(S - that, #neg) negatives uniformly at random. Returns (indices int32 [B, S], valid bool [B, S]);
-    positives first, then negatives, then invalid padding.
-    """
-    labels = tf.convert_to_tensor(labels)
-    size = labels.shape[1] if labels.shape[1] is not None else tf.shape(labels)[1]
-    k = num_samples if isinstance(size, tf.Tensor) else min(num_samples, size)
-    noise = tf.random.stateless_uniform(tf.shape(labels), seed, dtype=tf.float32)  # [B, N] in [0, 1)
-    positive, negative = labels >= 1, tf.equal(labels, 0)
-    num_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), 1), int(num_samples * positive_fraction))
-    num_neg = tf.minimum(tf.reduce_sum(tf.cast(negative, tf.int32), 1), num_samples - num_pos)
-    pos_vals, pos_idx = tf.math.top_k(tf.where(positive, noise, -1.0), k=k)  # [B, k]
-    neg_vals, neg_idx = tf.math.top_k(tf.where(negative, noise, -1.0), k=k)
-    slots = tf.range(k)[None, :]
-    take_pos = slots < num_pos[:, None]
-    take_neg = slots < num_neg[:, None]
-    # Order: the num_pos positives, then the num_neg negatives, then padding.
-    priority = tf.concat([tf.where(take_pos, 2.0 + pos_vals, -1.0), tf.where(take_neg, 1.0 + neg_vals, -1.0)], 1)
-    _, order = tf.math.top_k(priority, k=num_samples if isinstance(size, tf.Tensor) else min(num_samples, 2 * k))
-    candidates = tf.concat([pos_idx, neg_idx], axis=1)
-    indices = tf.gather(candidates, order, batch_dims=1)
-    valid = tf.range(tf.shape(indices)[1])[None, :] < (num_pos + num_neg)[:, None]
-    return tf.where(valid, indices, 0), valid
 
 
 def _clip_to_image(boxes, image_shape):

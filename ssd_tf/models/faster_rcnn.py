@@ -61,8 +61,9 @@ from ssd_tf.models.backbones.resnet import scaled_channels
 from ssd_tf.models.backbones.resnet_fpn import resnet_fpn_backbone
 from ssd_tf.models.rcnn_heads import BoxHead, RPNHead
 from ssd_tf.ops import box_coder
-from ssd_tf.ops import boxes as box_ops
 from ssd_tf.ops.grid_anchors import grid_anchors
+from ssd_tf.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_boxes
+from ssd_tf.ops.sampling import balanced_sample
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "roi_classification_loss", "roi_box_loss")
 ROI_LEVELS = 4  # P2..P5 feed RoIAlign; P6 only the RPN
@@ -213,69 +214,70 @@ class FasterRCNN(keras.Model):
 
         features, objectness, deltas = self.dense_forward(images)
         anchors, level_sizes = self.anchors(images, features)
-        rpn_losses = self._rpn_losses(objectness, deltas, anchors, gt_boxes, gt_valid, rpn_seed, sampled)
+        rpn_losses = self._rpn_losses(objectness, deltas, anchors, gt_boxes, num_gt, rpn_seed, sampled)
 
         if "roi_boxes" in sampled:
             rois = tf.cast(sampled["roi_boxes"], tf.float32)
             roi_valid = tf.cast(sampled["roi_valid"], tf.bool)
-            labels, matched_gt = self._roi_targets(rois, roi_valid, gt_boxes, gt_classes, gt_valid)
+            labels, matched_gt = self._roi_targets(rois, roi_valid, gt_boxes, gt_classes, num_gt)[:2]
         else:
             proposals, _, prop_valid = self.propose(objectness, deltas, anchors, level_sizes, image_shape,
                                                     training=True)
             candidates = tf.concat([proposals, gt_boxes], axis=1)  # gt boxes appended, as torchvision
             cand_valid = tf.concat([prop_valid, gt_valid], axis=1)
-            cand_labels, cand_matched = self._roi_targets(candidates, cand_valid, gt_boxes, gt_classes, gt_valid)
-            index, roi_valid = rcnn_ops.sample_balanced(
-                tf.where(cand_valid, tf.sign(cand_labels), -1), cfg.roi.batch_size_per_image,
-                cfg.roi.positive_fraction, roi_seed)
-            rois = tf.gather(candidates, index, batch_dims=1)
-            labels = tf.gather(cand_labels, index, batch_dims=1)
-            matched_gt = tf.gather(cand_matched, index, batch_dims=1)
+            cand_labels, cand_matched, matches = self._roi_targets(candidates, cand_valid, gt_boxes, gt_classes,
+                                                                   num_gt)
+            sample = balanced_sample(matches, cfg.roi.batch_size_per_image, cfg.roi.positive_fraction, roi_seed)
+            roi_valid = sample.valid
+            rois = tf.gather(candidates, sample.indices, batch_dims=1)
+            labels = tf.gather(cand_labels, sample.indices, batch_dims=1)
+            matched_gt = tf.gather(cand_matched, sample.indices, batch_dims=1)
         roi_losses = self._roi_losses(features, rois, roi_valid, labels, matched_gt)
         losses = {**rpn_losses, **roi_losses}
         losses["total_loss"] = tf.add_n([losses[name] for name in LOSS_NAMES])
         return losses
 
-    def _rpn_losses(self, objectness, deltas, anchors, gt_boxes, gt_valid, seed, sampled):
+    def _rpn_losses(self, objectness, deltas, anchors, gt_boxes, num_gt, seed, sampled):
         rpn = self.cfg.rpn
-        quality = box_ops.iou(gt_boxes, anchors[None])  # [B, M, N]
-        matches = rcnn_ops.match(quality, gt_valid, rpn.fg_iou_threshold, rpn.bg_iou_threshold, True)  # [B, N]
-        labels = tf.where(matches >= 0, 1, tf.where(tf.equal(matches, rcnn_ops.BELOW_LOW), 0, -1))
+        matches = match_boxes(gt_boxes, num_gt, anchors, rpn.fg_iou_threshold, rpn.bg_iou_threshold,
+                              allow_low_quality_matches=True)  # [B, N]
         if "rpn_indices" in sampled:
             index = tf.cast(sampled["rpn_indices"], tf.int32)
             valid = tf.cast(sampled["rpn_valid"], tf.bool)
         else:
-            index, valid = rcnn_ops.sample_balanced(labels, rpn.batch_size_per_image, rpn.positive_fraction, seed)
-        sel_labels = tf.gather(labels, index, batch_dims=1)  # [B, S]
+            sample = balanced_sample(matches, rpn.batch_size_per_image, rpn.positive_fraction, seed)
+            index, valid = sample.indices, sample.valid
+        sel_matches = tf.gather(matches, index, batch_dims=1)  # [B, S]
+        valid = valid & (sel_matches != BETWEEN_THRESHOLDS)  # an injected ignored anchor does not count
+        positive = valid & (sel_matches >= 0)
         sel_logits = tf.gather(objectness, index, batch_dims=1)
-        valid_f = tf.cast(valid, tf.float32)
-        count = tf.maximum(tf.reduce_sum(valid_f), 1.0)
-        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(sel_labels > 0, tf.float32), logits=sel_logits)
+        count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(positive, tf.float32), logits=sel_logits)
         objectness_loss = tf.reduce_sum(tf.where(valid, bce, 0.0)) / count
-        positive = valid & (sel_labels > 0)
         sel_anchors = tf.gather(anchors, index)  # [B, S, 4]
-        matched = tf.gather(gt_boxes, tf.maximum(tf.gather(matches, index, batch_dims=1), 0), batch_dims=1)
+        matched = tf.gather(gt_boxes, tf.maximum(sel_matches, 0), batch_dims=1)
         matched = tf.where(positive[..., None], matched, sel_anchors)  # negatives: zero targets, never NaN
         targets = tf.stop_gradient(box_coder.encode(matched, sel_anchors, rpn.box_coder_weights))
         diff = tf.gather(deltas, index, batch_dims=1) - targets
         box_loss = tf.reduce_sum(tf.where(positive[..., None], _smooth_l1(diff, rpn.box_loss_beta), 0.0)) / count
         return {"rpn_objectness_loss": objectness_loss, "rpn_box_loss": box_loss}
 
-    def _roi_targets(self, rois, roi_valid, gt_boxes, gt_classes, gt_valid):
-        """Labels int32 [B, R] (class, 0 background, -1 between thresholds or invalid) and matched gt boxes."""
+    def _roi_targets(self, rois, roi_valid, gt_boxes, gt_classes, num_gt):
+        """Labels int32 [B, R] (class, 0 background, -1 ignored or invalid), matched gt boxes [B, R, 4] (the RoI
+        itself where there is no positive match) and the matcher's output (invalid RoIs set to ignored)."""
         roi = self.cfg.roi
-        quality = box_ops.iou(gt_boxes, rois)  # [B, M, R]
-        matches = rcnn_ops.match(quality, gt_valid, roi.fg_iou_threshold, roi.bg_iou_threshold, False)
+        matches = match_boxes(gt_boxes, num_gt, rois, roi.fg_iou_threshold, roi.bg_iou_threshold)  # [B, R]
+        matches = tf.where(roi_valid, matches, BETWEEN_THRESHOLDS)
         safe = tf.maximum(matches, 0)
         labels = tf.where(matches >= 0, tf.gather(gt_classes, safe, batch_dims=1),
-                          tf.where(tf.equal(matches, rcnn_ops.BELOW_LOW), 0, -1))
-        labels = tf.where(roi_valid, labels, -1)
+                          tf.where(tf.equal(matches, BELOW_LOW_THRESHOLD), 0, -1))
         matched = tf.where((labels > 0)[..., None], tf.gather(gt_boxes, safe, batch_dims=1), rois)
-        return labels, matched
+        return labels, matched, matches
 
     def _roi_losses(self, features, rois, roi_valid, labels, matched_gt):
         roi = self.cfg.roi
         logits, deltas = self.box_head_outputs(features, rois)  # [B, R, C], [B, R, C, 4]
+        roi_valid = roi_valid & (labels >= 0)
         count = tf.maximum(tf.reduce_sum(tf.cast(roi_valid, tf.float32)), 1.0)
         safe_labels = tf.maximum(labels, 0)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
