@@ -1,11 +1,13 @@
 """Convert a PyTorch state dict into a Keras ``.weights.h5`` for one of the package's models.
 
 python -m ssd_tf.weights.convert --source {torchvision_ssd300_vgg16,ssd_pytorch,ssd_pytorch_vgg16_reducedfc,
-    torchvision_resnet34,torchvision_ssd_resnet34,mlperf_ssd_r34} --input FILE.pth --output FILE.weights.h5
-    [--model NAME] [--num_classes N]
+    torchvision_resnet34,torchvision_ssd_resnet34,mlperf_ssd_r34,torchvision_fasterrcnn_resnet50_fpn,
+    torchvision_resnet50,torchvision_resnet101} --input FILE.pth --output FILE.weights.h5 [--model NAME]
+    [--num_classes N]
 
-Backbone-only sources (ssd_pytorch_vgg16_reducedfc, torchvision_resnet34) leave the other layers at their
-initialisation and say so. The output loads with ``ssd_tf.build_model(model, num_classes, weights=FILE)``.
+Backbone-only sources (ssd_pytorch_vgg16_reducedfc, torchvision_resnet34, torchvision_resnet50/101) leave the
+other layers at their initialisation and say so. The output loads with
+``ssd_tf.build_model(model, num_classes, weights=FILE)``.
 """
 import argparse
 import json
@@ -20,8 +22,15 @@ SOURCES = {
     "torchvision_resnet34": ("torchvision", "load_torchvision_resnet34", "ssd_resnet34", True),
     "torchvision_ssd_resnet34": ("torchvision", "load_torchvision_ssd_resnet34", "ssd_resnet34", False),
     "mlperf_ssd_r34": ("mlperf", "load_mlperf_ssd_r34", "ssd_resnet34", False),
+    # torchvision FasterRCNN on resnet_fpn_backbone; --model faster_rcnn_r101_fpn reads the same layout at depth 101
+    "torchvision_fasterrcnn_resnet50_fpn": ("torchvision_frcnn", "load_torchvision_fasterrcnn", "faster_rcnn_r50_fpn",
+                                            False),
+    "torchvision_resnet50": ("torchvision_frcnn", "load_torchvision_resnet", "faster_rcnn_r50_fpn", True),
+    "torchvision_resnet101": ("torchvision_frcnn", "load_torchvision_resnet", "faster_rcnn_r101_fpn", True),
 }
-COMPATIBLE_MODELS = {"ssd_resnet34": ("ssd_resnet34",), "ssd_vgg16": ("ssd_vgg16", "ssd_vgg16_voc")}
+COMPATIBLE_MODELS = {"ssd_resnet34": ("ssd_resnet34",), "ssd_vgg16": ("ssd_vgg16", "ssd_vgg16_voc"),
+                     "faster_rcnn_r50_fpn": ("faster_rcnn_r50_fpn", "faster_rcnn_r101_fpn"),
+                     "faster_rcnn_r101_fpn": ("faster_rcnn_r101_fpn",)}
 
 
 def parse_args(argv):
@@ -42,19 +51,22 @@ def convert(source, input_path, output_path, model_name=None, num_classes=None):
 
     module_name, function, default_model, backbone_only = SOURCES[source]
     model_name = model_name or default_model
-    family = "ssd_resnet34" if default_model == "ssd_resnet34" else "ssd_vgg16"
+    family = default_model if default_model in COMPATIBLE_MODELS else "ssd_vgg16"
     if model_name not in COMPATIBLE_MODELS[family]:
         raise ValueError(f"--source {source} fits models {COMPATIBLE_MODELS[family]}, not --model {model_name}")
     if not str(output_path).endswith(".weights.h5"):
         raise ValueError(f"--output must end with .weights.h5 (Keras 3 weights file), got {output_path}")
     if not pathlib.Path(input_path).is_file():
         raise FileNotFoundError(f"--input {input_path} does not exist")
-    model = build_model(model_name, num_classes=num_classes)
-    loader = getattr(importlib.import_module(f"ssd_tf.weights.{module_name}"), function)
+    module = importlib.import_module(f"ssd_tf.weights.{module_name}")
+    # An importer module may build its own models (Faster R-CNN, until the factory routes its presets).
+    model = getattr(module, "build_model", build_model)(model_name, num_classes=num_classes)
+    loader = getattr(module, function)
     report = loader(model, str(input_path))
     pathlib.Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     model.save_weights(str(output_path))
-    report = dict(report, model=model_name, num_classes=model.output_shape[1][-1], backbone_only=backbone_only,
+    classes = model.cfg.num_classes if hasattr(model, "cfg") else model.output_shape[1][-1]
+    report = dict(report, model=model_name, num_classes=classes, backbone_only=backbone_only,
                   output=str(output_path))
     return report
 
