@@ -25,8 +25,7 @@ differs by ~1e-4 on a 200 x 304 P2 map: float32 positions near 300 have a 3e-5 p
   clamped position; each level is zero-padded to 2**k + 1 rows and columns so that the normalised coordinate
   position / 2**k is exact and crop_and_resize recovers the position bit for bit; empty samples read a zero
   pixel; S x S average pooling makes the bins. RoIs go to their level with ``tf.dynamic_partition`` /
-  ``tf.dynamic_stitch``. Needs static feature sizes; ``CropAndResize`` has no XLA kernel; positions are
-  float32 whatever the feature dtype.
+  ``tf.dynamic_stitch``. ``CropAndResize`` has no XLA kernel; positions are float32 whatever the feature dtype.
 * ``"gather"``: the four bilinear corners of every sample gathered from all levels flattened into one tensor,
   weighted and summed. XLA-compilable (and fast only under XLA, where the gathers fuse with the sums), exact in
   float64; outside XLA it materialises [B * R * (S*P)², C] per corner.
@@ -222,38 +221,43 @@ def _flatten_levels(features):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _pow2_plus_one(n):
-    """Smallest 2**k + 1 >= n."""
-    k = 0
-    while (1 << k) + 1 < n:
-        k += 1
-    return (1 << k) + 1
+    """Smallest 2**k + 1 >= n + 1 (room for one zero row after n rows): an int, or an int32 tensor for a dynamic n."""
+    if isinstance(n, int):
+        k = 0
+        while (1 << k) < n:
+            k += 1
+        return (1 << k) + 1
+    # ceil(log2(n)) in float may come out one too high at exact powers of two: still >= n, just a larger pad.
+    k = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(n, 1), tf.float32)) / tf.math.log(2.0))
+    return tf.cast(tf.pow(2.0, k), tf.int32) + 1
 
 
 def _crop_align(features, rois_flat, batch_index, scale, output_size, sampling_ratio, aligned):
-    """features [B, H, W, C] (one level, static H and W); rois_flat [N, 4]; batch_index [N] -> [N, P, P, C].
+    """features [B, H, W, C] (one level); rois_flat [N, 4]; batch_index [N] -> [N, P, P, C].
 
     Every sample is a 1 x 1 crop at torchvision's (clamped) position. The map is zero-padded to 2**k + 1 rows and
     columns (at least one zero row and column), so that position / 2**k is exact and crop_and_resize's
     0.5 * (y1 + y2) * (H - 1) gives the position back bit for bit; empty samples read the zero corner."""
     dtype = features.dtype
-    height, width = features.shape[1], features.shape[2]
-    if height is None or width is None:
-        raise ValueError(f"roi_align: method 'crop_and_resize' needs static feature map sizes, got "
-                         f"{features.shape}")
+    shape = tf.shape(features)
+    height = features.shape[1] if features.shape[1] is not None else shape[1]
+    width = features.shape[2] if features.shape[2] is not None else shape[2]
     p, s = output_size, sampling_ratio
     n = p * s
-    pad_h, pad_w = _pow2_plus_one(height + 1), _pow2_plus_one(width + 1)
+    pad_h, pad_w = _pow2_plus_one(height), _pow2_plus_one(width)
     padded = tf.pad(features, [[0, 0], [0, pad_h - height], [0, pad_w - width], [0, 0]])
+    height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    last_y, last_x = tf.cast(pad_h - 1, tf.float32), tf.cast(pad_w - 1, tf.float32)  # powers of two
     # Positions in float32 (crop_and_resize's box dtype), in torchvision's operation order.
     start_y, start_x, bin_y, bin_x = _roi_geometry(rois_flat, scale, output_size, aligned, tf.float32)  # [N]
     ys = _sample_positions(start_y, bin_y, p, s)  # [N, n]
     xs = _sample_positions(start_x, bin_x, p, s)
-    inside = (((ys >= -1.0) & (ys <= float(height)))[:, :, None]
-              & ((xs >= -1.0) & (xs <= float(width)))[:, None, :])  # [N, n, n]
-    ys = tf.clip_by_value(ys, 0.0, float(height - 1))[:, :, None]
-    xs = tf.clip_by_value(xs, 0.0, float(width - 1))[:, None, :]
-    ys = tf.where(inside, ys, float(pad_h - 1)) / float(pad_h - 1)  # empty samples -> the zero corner
-    xs = tf.where(inside, xs, float(pad_w - 1)) / float(pad_w - 1)
+    inside = (((ys >= -1.0) & (ys <= height_f))[:, :, None]
+              & ((xs >= -1.0) & (xs <= width_f))[:, None, :])  # [N, n, n]
+    ys = tf.clip_by_value(ys, 0.0, height_f - 1.0)[:, :, None]
+    xs = tf.clip_by_value(xs, 0.0, width_f - 1.0)[:, None, :]
+    ys = tf.where(inside, ys, last_y) / last_y  # empty samples -> the zero corner
+    xs = tf.where(inside, xs, last_x) / last_x
     boxes = tf.reshape(tf.stack([ys, xs, ys, xs], axis=-1), [-1, 4])  # [N*n*n, 4]
     box_index = tf.reshape(tf.broadcast_to(batch_index[:, None, None], tf.shape(inside)), [-1])
     samples = tf.image.crop_and_resize(padded, boxes, box_index, [1, 1], method="bilinear")  # [N*n*n, 1, 1, C]

@@ -157,8 +157,8 @@ def test_gather_gradient_matches_finite_differences_float64():
     rng = np.random.default_rng(5)
     feature = tf.constant(rng.normal(size=(1, 6, 7, 2)))
     rois = np.array([[[-1.0, 2.0, 9.0, 30.0], [3.0, 3.0, 3.4, 3.2], [0.0, 0.0, 27.0, 27.0]]])  # scale 1/4
-    theoretical, numerical = tf.test.compute_gradient(
-        lambda f: RA.roi_align(f, rois, 0.25, 2, 2, method="gather"), [feature])
+    op = tf.function(lambda f: RA.roi_align(f, rois, 0.25, 2, 2, method="gather"))
+    theoretical, numerical = tf.test.compute_gradient(op, [feature])
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-9)
 
 
@@ -220,6 +220,18 @@ def test_padded_rois_and_empty_levels():
         expected = (f[..., 0, 0, :] * (1 - a) ** 2 + (f[..., 0, 1, :] + f[..., 1, 0, :]) * a * (1 - a)
                     + f[..., 1, 1, :] * a * a)
         np.testing.assert_allclose(out[:, :, 0, 0], np.broadcast_to(expected, (2, 5, 3)), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", RA.METHODS)
+def test_dynamic_feature_sizes(method):
+    rng = np.random.default_rng(9)
+    features = _fpn_features(rng, 2, (192, 256), 3)  # P2 48 x 64: exact powers of two on the width
+    rois = _rois(rng, 2, 50, (192, 256))
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32)] * 4
+    op = tf.function(lambda f, r: RA.multilevel_roi_align(f, r, method=method),
+                     input_signature=[spec, tf.TensorSpec([None, None, 4], tf.float32)])
+    np.testing.assert_allclose(op(features, rois).numpy(),
+                               RA.multilevel_roi_align(features, rois, method=method).numpy(), rtol=0, atol=1e-6)
 
 
 def test_argument_errors():
