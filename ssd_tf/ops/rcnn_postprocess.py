@@ -21,8 +21,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ssd_tf.ops import box_coder
+from ssd_tf.ops.boxes import clip_to_image, side_at_least
 from ssd_tf.ops.nms import batched_class_nms
-from ssd_tf.ops.rpn_proposals import clip_to_image, side_at_least
 
 DEFAULTS = dict(score_threshold=0.05, nms_threshold=0.5, max_detections=100, min_size=1e-2)
 

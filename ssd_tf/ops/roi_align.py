@@ -40,8 +40,6 @@ Nothing here imports the rest of the package.
 """
 from __future__ import annotations
 
-import math
-
 import tensorflow as tf
 
 METHODS = ("crop_and_resize", "gather")

@@ -25,26 +25,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ssd_tf.ops import box_coder
+from ssd_tf.ops.boxes import clip_to_image, side_at_least
 from ssd_tf.ops.nms import batched_class_nms
 
 TRAIN_DEFAULTS = dict(pre_nms_top_n=2000, post_nms_top_n=2000, nms_threshold=0.7, min_size=1e-3, score_threshold=0.0)
 TEST_DEFAULTS = dict(pre_nms_top_n=1000, post_nms_top_n=1000, nms_threshold=0.7, min_size=1e-3, score_threshold=0.0)
-
-
-def clip_to_image(boxes, image_shape, plus_one=False):
-    """Clips yxyx boxes [B, N, ..., 4] to per-image sizes ``image_shape`` [B, 2] (height, width): y in [0, h], x in
-    [0, w] (``plus_one``: [0, h - 1], [0, w - 1])."""
-    image_shape = tf.cast(image_shape, boxes.dtype)
-    limits = image_shape - 1.0 if plus_one else image_shape  # [B, 2]
-    limits = tf.reshape(tf.tile(limits, [1, 2]), tf.concat([[-1], tf.ones([boxes.shape.rank - 2], tf.int32), [4]],
-                                                          0))  # [B, 1, .., 4] = (h, w, h, w)
-    return tf.clip_by_value(boxes, tf.zeros_like(limits), limits)
-
-
-def side_at_least(boxes, min_size, plus_one=False):
-    """True where both sides of yxyx boxes [..., 4] are >= min_size (``plus_one``: side = max - min + 1)."""
-    one = 1.0 if plus_one else 0.0
-    return ((boxes[..., 2] - boxes[..., 0] + one) >= min_size) & ((boxes[..., 3] - boxes[..., 1] + one) >= min_size)
 
 
 def rpn_proposals(objectness, deltas, anchors, image_shape, num_anchors_per_level, *, pre_nms_top_n,

@@ -42,6 +42,22 @@ def test_plus_one_iou_and_area_hand_computed():
                                                plus_one=True).numpy(), [1, 50])
 
 
+def test_clip_to_image_and_side_at_least():
+    boxes = tf.constant([[[-5, 3, 700, 20]], [[10, -2, 30, 900]]], tf.float32)  # [B=2, N=1, 4]
+    shapes = [[480, 640], [100, 200]]
+    np.testing.assert_array_equal(box_ops.clip_to_image(boxes, shapes).numpy(),
+                                  [[[0, 3, 480, 20]], [[10, 0, 30, 200]]])
+    np.testing.assert_array_equal(box_ops.clip_to_image(boxes, shapes, plus_one=True).numpy(),
+                                  [[[0, 3, 479, 20]], [[10, 0, 30, 199]]])
+    per_class = tf.tile(boxes[:, :, None], [1, 1, 3, 1])  # [B, N, C, 4]
+    assert box_ops.clip_to_image(per_class, shapes).shape == (2, 1, 3, 4)
+    small = tf.constant([[0, 0, 1e-3, 5], [0, 0, 0.9e-3, 5], [0, 0, 0, 0]], tf.float32)
+    assert box_ops.side_at_least(small, 1e-3).numpy().tolist() == [True, False, False]
+    assert box_ops.side_at_least(small, 0.0, plus_one=True).numpy().tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="image_shape"):
+        box_ops.clip_to_image(boxes, [480, 640])
+
+
 def test_batched_anchors_broadcast():
     rng = np.random.default_rng(0)
     proposals = _random_boxes(rng, 6).reshape(2, 3, 4)  # [B, R, 4]
