@@ -189,3 +189,31 @@ def grid_anchors(image_size, feature_sizes=None, sizes=FPN_ANCHOR_SIZES, aspect_
         shifts = tf.stack([sy, sx, sy, sx], axis=-1)  # [h, w, 4]
         levels.append(tf.reshape(shifts[:, :, None, :] + cell[None, None], [-1, 4]))  # [h*w*A, 4]
     return tf.concat(levels, axis=0)
+
+
+def anchor_visibility(anchors, image_shape, straddle_thresh=0.0):
+    """maskrcnn-benchmark's RPN ``STRADDLE_THRESH`` rule: which anchors lie inside each image (torchvision uses all).
+
+    An anchor is visible when ymin >= -t, xmin >= -t, ymax < height + t and xmax < width + t; a negative
+    ``straddle_thresh`` makes every anchor visible. maskrcnn-benchmark ignores invisible anchors in RPN training
+    (set their matcher output to -2 before sampling).
+
+    Args:
+      anchors: float [A, 4] yxyx pixels. image_shape: [B, 2] true (height, width) of each image.
+    Returns:
+      bool [B, A].
+    """
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    image_shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
+    if anchors.shape.rank != 2 or anchors.shape[-1] != 4:
+        raise ValueError(f"anchor_visibility: anchors must be [A, 4], got shape {anchors.shape}")
+    if image_shape.shape.rank != 2 or image_shape.shape[-1] != 2:
+        raise ValueError(f"anchor_visibility: image_shape must be [B, 2] (height, width), got shape "
+                         f"{image_shape.shape}")
+    shape = tf.stack([tf.shape(image_shape)[0], tf.shape(anchors)[0]])
+    if straddle_thresh < 0:
+        return tf.fill(shape, True)
+    t = float(straddle_thresh)
+    height, width = image_shape[:, 0:1], image_shape[:, 1:2]  # [B, 1]
+    return ((anchors[None, :, 0] >= -t) & (anchors[None, :, 1] >= -t)
+            & (anchors[None, :, 2] < height + t) & (anchors[None, :, 3] < width + t))

@@ -63,6 +63,14 @@ def test_dynamic_image_size_and_xla():
     np.testing.assert_array_equal(got, G.grid_anchors((320, 480)).numpy())
 
 
+def test_anchor_visibility_maskrcnn_benchmark_rule():
+    anchors = np.array([[0, 0, 10, 10], [-1, 0, 10, 10], [0, 0, 32, 10], [0, 0, 31.9, 47.9]], np.float32)
+    vis = G.anchor_visibility(anchors, [[32, 48], [40, 40]]).numpy()
+    assert vis.tolist() == [[True, False, False, True], [True, False, True, False]]
+    assert G.anchor_visibility(anchors, [[32, 48]], straddle_thresh=1.0).numpy().tolist() == [[True] * 4]
+    assert G.anchor_visibility(anchors, [[1, 1]], straddle_thresh=-1).numpy().all()
+
+
 def test_argument_errors():
     with pytest.raises(ValueError, match="style"):
         G.grid_anchors((64, 64), style="mmdet")
