@@ -56,13 +56,15 @@ import tensorflow as tf
 import keras
 
 from ssd_tf.model_configs.faster_rcnn import FasterRCNNModelConfig
-from ssd_tf.models import _rcnn_fallback as rcnn_ops
 from ssd_tf.models.backbones.resnet import scaled_channels
 from ssd_tf.models.backbones.resnet_fpn import resnet_fpn_backbone
 from ssd_tf.models.rcnn_heads import BoxHead, RPNHead
 from ssd_tf.ops import box_coder
 from ssd_tf.ops.grid_anchors import grid_anchors
 from ssd_tf.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_boxes
+from ssd_tf.ops.rcnn_postprocess import rcnn_detections
+from ssd_tf.ops.roi_align import multilevel_roi_align
+from ssd_tf.ops.rpn_proposals import rpn_proposals
 from ssd_tf.ops.sampling import balanced_sample
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "roi_classification_loss", "roi_box_loss")
@@ -163,30 +165,38 @@ class FasterRCNN(keras.Model):
     def propose(self, objectness, deltas, anchors, level_sizes, image_shape, training=False):
         """RPN proposals: (boxes [B, P, 4], scores [B, P], valid [B, P]), P = post-NMS top-n, best first."""
         rpn = self.cfg.rpn
-        return rcnn_ops.select_proposals(
-            tf.stop_gradient(objectness), tf.stop_gradient(deltas), anchors, level_sizes, image_shape,
+        out = rpn_proposals(
+            tf.stop_gradient(tf.cast(objectness, tf.float32)), tf.stop_gradient(tf.cast(deltas, tf.float32)), anchors,
+            image_shape, level_sizes,
             pre_nms_top_n=rpn.pre_nms_top_n_train if training else rpn.pre_nms_top_n_test,
             post_nms_top_n=rpn.post_nms_top_n_train if training else rpn.post_nms_top_n_test,
             nms_threshold=rpn.nms_threshold, min_size=rpn.min_size, score_threshold=rpn.score_threshold,
             weights=rpn.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip)
+        return out["proposals"], out["scores"], out["valid"]
 
     def box_head_outputs(self, features, rois):
-        """RoIAlign over P2..P5 + box head: rois [B, R, 4] yxyx pixels -> (logits [B, R, C], deltas [B, R, C, 4])."""
+        """RoIAlign over P2..P5 + box head: rois [B, R, 4] yxyx pixels -> (logits [B, R, C], deltas [B, R, C, 4]).
+
+        RoIAlign runs in float32 (float64 in float64 parity runs), whatever the compute dtype."""
         roi = self.cfg.roi
-        pooled = rcnn_ops.multilevel_roi_align(
-            features[:ROI_LEVELS], tf.stop_gradient(rois), output_size=roi.pool_size,
-            sampling_ratio=roi.sampling_ratio, canonical_scale=roi.canonical_scale,
-            canonical_level=roi.canonical_level)  # [B, R, P, P, C] float32
+        dtype = tf.float64 if features[0].dtype == tf.float64 else tf.float32
+        method = "gather" if dtype == tf.float64 else "crop_and_resize"  # crop_and_resize samples in float32
+        pooled = multilevel_roi_align(
+            [tf.cast(f, dtype) for f in features[:ROI_LEVELS]], tf.cast(rois, dtype), output_size=roi.pool_size,
+            sampling_ratio=roi.sampling_ratio, canonical_size=float(roi.canonical_scale),
+            canonical_level=roi.canonical_level, method=method)  # [B, R, P, P, C]
         batch, num_rois = tf.shape(rois)[0], _static_or_dynamic(rois, 1)
         logits, deltas = self.box_head(tf.reshape(pooled, [-1] + pooled.shape[2:].as_list()))
         num_classes = self.cfg.num_classes
-        return tf.reshape(logits, [batch, num_rois, num_classes]), tf.reshape(deltas, [batch, num_rois, num_classes, 4])
+        return (tf.reshape(logits, [batch, num_rois, num_classes]),
+                tf.reshape(deltas, [batch, num_rois, num_classes, 4]))
 
     def postprocess(self, logits, deltas, rois, roi_valid, image_shape):
+        """Detections dict (see ``call``) from box-head outputs on ``rois``."""
         post = self.cfg.postprocess
-        return rcnn_ops.detection_postprocess(
-            logits, deltas, rois, roi_valid, image_shape, score_threshold=post.score_threshold,
-            iou_threshold=post.iou_threshold, max_detections=post.max_detections, min_size=post.min_size,
+        return rcnn_detections(
+            logits, deltas, rois, image_shape, roi_valid, score_threshold=post.score_threshold,
+            nms_threshold=post.iou_threshold, max_detections=post.max_detections, min_size=post.min_size,
             weights=self.cfg.roi.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip)
 
     # --- inference ----------------------------------------------------------------------------------------
@@ -196,13 +206,13 @@ class FasterRCNN(keras.Model):
         anchors, level_sizes = self.anchors(images, features)
         proposals, _, valid = self.propose(objectness, deltas, anchors, level_sizes, image_shape, training=False)
         logits, box_deltas = self.box_head_outputs(features, proposals)
-        dets = self.postprocess(logits, box_deltas, proposals, valid, image_shape)
-        return {"detection_boxes": dets["boxes"], "detection_scores": dets["scores"],
-                "detection_classes": dets["classes"], "num_detections": dets["num_detections"]}
+        return self.postprocess(logits, box_deltas, proposals, valid, image_shape)
 
     # --- training -----------------------------------------------------------------------------------------
-    def compute_losses(self, images, image_shape, gt_boxes, gt_classes, num_gt, seed, sampled=None):
-        """The four Faster R-CNN losses and their sum (see the module docstring)."""
+    def compute_losses(self, images, image_shape, gt_boxes, gt_classes, num_gt, seed, sampled=None,
+                       return_samples=False):
+        """The four Faster R-CNN losses and their sum (see the module docstring). ``return_samples``: also return
+        the sampled anchors and RoIs in the form ``sampled`` takes (to repeat a loss on the same samples)."""
         cfg = self.cfg
         images, image_shape = self._unpack(images, image_shape)
         gt_boxes = tf.cast(gt_boxes, tf.float32)
@@ -214,7 +224,8 @@ class FasterRCNN(keras.Model):
 
         features, objectness, deltas = self.dense_forward(images)
         anchors, level_sizes = self.anchors(images, features)
-        rpn_losses = self._rpn_losses(objectness, deltas, anchors, gt_boxes, num_gt, rpn_seed, sampled)
+        rpn_losses, rpn_indices, rpn_valid = self._rpn_losses(objectness, deltas, anchors, gt_boxes, num_gt,
+                                                              rpn_seed, sampled)
 
         if "roi_boxes" in sampled:
             rois = tf.cast(sampled["roi_boxes"], tf.float32)
@@ -235,6 +246,9 @@ class FasterRCNN(keras.Model):
         roi_losses = self._roi_losses(features, rois, roi_valid, labels, matched_gt)
         losses = {**rpn_losses, **roi_losses}
         losses["total_loss"] = tf.add_n([losses[name] for name in LOSS_NAMES])
+        if return_samples:
+            return losses, {"rpn_indices": rpn_indices, "rpn_valid": rpn_valid, "roi_boxes": rois,
+                            "roi_valid": roi_valid}
         return losses
 
     def _rpn_losses(self, objectness, deltas, anchors, gt_boxes, num_gt, seed, sampled):
@@ -260,7 +274,7 @@ class FasterRCNN(keras.Model):
         targets = tf.stop_gradient(box_coder.encode(matched, sel_anchors, rpn.box_coder_weights))
         diff = tf.gather(deltas, index, batch_dims=1) - targets
         box_loss = tf.reduce_sum(tf.where(positive[..., None], _smooth_l1(diff, rpn.box_loss_beta), 0.0)) / count
-        return {"rpn_objectness_loss": objectness_loss, "rpn_box_loss": box_loss}
+        return {"rpn_objectness_loss": objectness_loss, "rpn_box_loss": box_loss}, index, valid
 
     def _roi_targets(self, rois, roi_valid, gt_boxes, gt_classes, num_gt):
         """Labels int32 [B, R] (class, 0 background, -1 ignored or invalid), matched gt boxes [B, R, 4] (the RoI

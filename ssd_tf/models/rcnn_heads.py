@@ -10,7 +10,8 @@ order (importers reorder fc6 from PyTorch's C x 7 x 7), fc6 + ReLU, fc7 + ReLU, 
 class-specific deltas [N, K, 4] (ty, tx, th, tw). Linear layers use PyTorch's default initialisation
 (weights and biases uniform in +-1/sqrt(fan_in)).
 
-Under a mixed-precision policy both heads compute in the policy's dtype and return float32.
+Under a mixed-precision policy both heads compute in the policy's dtype and return float32 (a float64 policy
+returns float64).
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ import math
 
 import keras
 from keras import layers, ops
+
+
+def _output_dtype(layer):
+    """float32 for half-precision compute, else the compute dtype (float32, or float64 in parity runs)."""
+    return "float32" if layer.compute_dtype in ("float16", "bfloat16") else layer.compute_dtype
 
 
 def _rpn_init():
@@ -56,8 +62,9 @@ class RPNHead(keras.layers.Layer):
             batch = ops.shape(t)[0]
             objectness.append(ops.reshape(self.cls_logits(t), (batch, -1)))  # [B, H*W*A]
             deltas.append(ops.reshape(self.bbox_pred(t), (batch, -1, 4)))  # [B, H*W*A, 4]
-        return (ops.cast(ops.concatenate(objectness, axis=1), "float32"),
-                ops.cast(ops.concatenate(deltas, axis=1), "float32"))
+        dtype = _output_dtype(self)
+        return (ops.cast(ops.concatenate(objectness, axis=1), dtype),
+                ops.cast(ops.concatenate(deltas, axis=1), dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_anchors": self.num_anchors, "channels": self.channels}
@@ -89,8 +96,9 @@ class BoxHead(keras.layers.Layer):
         x = ops.reshape(ops.cast(pooled, self.compute_dtype), (-1, self.pooled_size * self.pooled_size * self.channels))
         x = ops.relu(self.fc6(x))
         x = ops.relu(self.fc7(x))
-        logits = ops.cast(self.cls_score(x), "float32")
-        deltas = ops.reshape(ops.cast(self.bbox_pred(x), "float32"), (-1, self.num_classes, 4))
+        dtype = _output_dtype(self)
+        logits = ops.cast(self.cls_score(x), dtype)
+        deltas = ops.reshape(ops.cast(self.bbox_pred(x), dtype), (-1, self.num_classes, 4))
         return logits, deltas
 
     def get_config(self):
