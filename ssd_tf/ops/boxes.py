@@ -12,7 +12,8 @@ COCO/VOC export, weight importers) and are reached through the converters below:
 ymax]`` (torchvision, PIL), ``xywh`` = ``[xmin, ymin, width, height]`` (COCO json).
 
 The converters accept numpy arrays (and return numpy) or anything TensorFlow accepts (and return tf.Tensor);
-``iou`` and ``area`` are TensorFlow. Nothing here imports the rest of the package.
+``iou``, ``area``, ``clip_to_image`` and ``side_at_least`` are TensorFlow. Nothing here imports the rest of the
+package.
 """
 from __future__ import annotations
 
@@ -108,17 +109,49 @@ def clip_boxes(boxes, max_y=1.0, max_x=1.0, min_value=0.0):
                      clip(ymax, min_value, max_y), clip(xmax, min_value, max_x)], axis=-1)
 
 
-def area(boxes):
-    """Area of yxyx boxes [..., 4] -> [...]; inverted boxes count as 0."""
+def clip_to_image(boxes, image_shape, plus_one=False):
+    """Clips yxyx pixel boxes [B, N, ..., 4] to per-image sizes ``image_shape`` [B, 2] (height, width): y in [0, h],
+    x in [0, w] (torchvision ``clip_boxes_to_image``); ``plus_one``: [0, h - 1], [0, w - 1] (maskrcnn-benchmark)."""
+    boxes = tf.convert_to_tensor(boxes)
+    _unpack(boxes, "clip_to_image")
+    if boxes.shape.rank is not None and boxes.shape.rank < 2:
+        raise ValueError(f"clip_to_image: boxes must be [B, ..., 4], got shape {boxes.shape}")
+    image_shape = tf.cast(image_shape, boxes.dtype)
+    if image_shape.shape.rank != 2 or image_shape.shape[-1] != 2:
+        raise ValueError(f"clip_to_image: image_shape must be [B, 2] (height, width), got shape {image_shape.shape}")
+    limits = image_shape - 1.0 if plus_one else image_shape  # [B, 2]
+    limits = tf.reshape(tf.tile(limits, [1, 2]), tf.concat([[-1], tf.ones([boxes.shape.rank - 2], tf.int32), [4]],
+                                                          0))  # [B, 1, .., 4] = (h, w, h, w)
+    return tf.clip_by_value(boxes, tf.zeros_like(limits), limits)
+
+
+def side_at_least(boxes, min_size, plus_one=False):
+    """True where both sides of yxyx boxes [..., 4] are >= min_size (torchvision ``remove_small_boxes`` keeps
+    these); ``plus_one``: side = max - min + 1."""
+    boxes = tf.convert_to_tensor(boxes)
+    _unpack(boxes, "side_at_least")
+    one = 1.0 if plus_one else 0.0
+    return ((boxes[..., 2] - boxes[..., 0] + one) >= min_size) & ((boxes[..., 3] - boxes[..., 1] + one) >= min_size)
+
+
+def area(boxes, plus_one=False):
+    """Area of yxyx boxes [..., 4] -> [...]; inverted boxes count as 0.
+
+    ``plus_one=True``: maskrcnn-benchmark's pixel convention, side = max - min + 1 (a box [0, 0, 0, 0] covers one
+    pixel); default continuous (side = max - min).
+    """
     boxes = tf.convert_to_tensor(boxes)
     ymin, xmin, ymax, xmax = _unpack(boxes, "area")
-    return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
+    one = 1.0 if plus_one else 0.0
+    return tf.maximum(ymax - ymin + one, 0.0) * tf.maximum(xmax - xmin + one, 0.0)
 
 
-def iou(boxes_a, boxes_b):
+def iou(boxes_a, boxes_b, plus_one=False):
     """Pairwise IoU of yxyx boxes: a [..., N, 4], b [..., M, 4] -> [..., N, M].
 
-    Leading (batch) axes must broadcast. Continuous convention (no +1). Pairs whose union is 0 get IoU 0.
+    Leading (batch) axes must broadcast. Continuous convention (no +1) by default, as torchvision; ``plus_one=True``
+    is maskrcnn-benchmark's ``boxlist_iou`` (sides and intersections measured as max - min + 1). Pairs whose union
+    is 0 get IoU 0.
     """
     boxes_a = tf.convert_to_tensor(boxes_a)
     boxes_b = tf.convert_to_tensor(boxes_b, dtype=boxes_a.dtype)
@@ -128,6 +161,8 @@ def iou(boxes_a, boxes_b):
         raise ValueError(f"iou: boxes_b must be [..., M, 4], got shape {boxes_b.shape}")
     ay0, ax0, ay1, ax1 = [t[..., :, None] for t in _unpack(boxes_a, "iou boxes_a")]  # [..., N, 1]
     by0, bx0, by1, bx1 = [t[..., None, :] for t in _unpack(boxes_b, "iou boxes_b")]  # [..., 1, M]
+    if plus_one:
+        ay1, ax1, by1, bx1 = ay1 + 1.0, ax1 + 1.0, by1 + 1.0, bx1 + 1.0
     inter_h = tf.maximum(tf.minimum(ay1, by1) - tf.maximum(ay0, by0), 0.0)
     inter_w = tf.maximum(tf.minimum(ax1, bx1) - tf.maximum(ax0, bx0), 0.0)
     inter = inter_h * inter_w  # [..., N, M]

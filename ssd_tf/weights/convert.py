@@ -1,20 +1,25 @@
 """Convert a PyTorch state dict into a Keras ``.weights.h5`` for one of the package's models.
 
 python -m ssd_tf.weights.convert --source {torchvision_ssd300_vgg16,ssd_pytorch,ssd_pytorch_vgg16_reducedfc,
-    torchvision_resnet34,torchvision_ssd_resnet34,mlperf_ssd_r34} --input FILE.pth --output FILE.weights.h5
-    [--model NAME] [--num_classes N]
+    torchvision_resnet34,torchvision_ssd_resnet34,mlperf_ssd_r34,torchvision_fasterrcnn_resnet50_fpn,
+    torchvision_resnet50,torchvision_resnet101} --input FILE.pth --output FILE.weights.h5 [--model NAME]
+    [--num_classes N]
 
-Backbone-only sources (ssd_pytorch_vgg16_reducedfc, torchvision_resnet34) leave the other layers at their
-initialisation and say so. The output loads with ``ssd_tf.build_model(model, num_classes, weights=FILE)``.
+Backbone-only sources (ssd_pytorch_vgg16_reducedfc, torchvision_resnet34, torchvision_resnet50/101) leave the
+other layers at their initialisation and say so. The output loads with
+``ssd_tf.build_model(model, num_classes, weights=FILE)``.
 """
 import argparse
 import json
 import pathlib
 import sys
 
-# source -> (importer module, function, default preset, backbone only, the (family, backbone) it fits)
-_VGG = ("ssd", "vgg16_reduced_fc")
-_R34 = ("ssd", "resnet34_mlperf")
+# source -> (importer module, function, default preset, backbone only, which model configs it fits)
+_VGG = lambda m: m.family == "ssd" and m.backbone == "vgg16_reduced_fc"  # noqa: E731
+_R34 = lambda m: m.family == "ssd" and m.backbone == "resnet34_mlperf"  # noqa: E731
+_FRCNN = lambda m: m.family == "faster_rcnn" and not m.backbone.stride_in_1x1  # noqa: E731 (torchvision v1.5 blocks)
+_R50 = lambda m: _FRCNN(m) and m.backbone.depth == 50  # noqa: E731
+_R101 = lambda m: _FRCNN(m) and m.backbone.depth == 101  # noqa: E731
 SOURCES = {
     "torchvision_ssd300_vgg16": ("torchvision", "load_torchvision_ssd300_vgg16", "ssd_vgg16", False, _VGG),
     "ssd_pytorch": ("ssd_pytorch", "load_ssd_pytorch", "ssd_vgg16_voc", False, _VGG),
@@ -22,12 +27,16 @@ SOURCES = {
     "torchvision_resnet34": ("torchvision", "load_torchvision_resnet34", "ssd_resnet34", True, _R34),
     "torchvision_ssd_resnet34": ("torchvision", "load_torchvision_ssd_resnet34", "ssd_resnet34", False, _R34),
     "mlperf_ssd_r34": ("mlperf", "load_mlperf_ssd_r34", "ssd_resnet34", False, _R34),
+    # torchvision FasterRCNN on resnet_fpn_backbone; --model faster_rcnn_r101_fpn reads the same layout at depth 101
+    "torchvision_fasterrcnn_resnet50_fpn": ("torchvision_frcnn", "load_torchvision_fasterrcnn",
+                                            "faster_rcnn_r50_fpn", False, _FRCNN),
+    "torchvision_resnet50": ("torchvision_frcnn", "load_torchvision_resnet", "faster_rcnn_r50_fpn", True, _R50),
+    "torchvision_resnet101": ("torchvision_frcnn", "load_torchvision_resnet", "faster_rcnn_r101_fpn", True, _R101),
 }
 
 
 def _fits(model_config, fits) -> bool:
-    family, backbone = fits
-    return model_config.family == family and getattr(model_config, "backbone", None) == backbone
+    return bool(fits(model_config))
 
 
 def parse_args(argv):
