@@ -13,7 +13,8 @@ Per image (REFERENCE_SPECS §3.7):
   ceil32(min_size) x ceil32(max_size), portrait the transpose. A run therefore sees two input shapes.
 
 Labels: training — ``boxes`` [max_boxes, 4] yxyx in pixels of the resized (flipped) image, ``classes`` (contiguous,
-0 = padding), ``num_boxes``, ``image_info``; crowd (and difficult) boxes are left out of training targets by the
+0 = padding), ``num_boxes``, ``image_info``, ``seed`` (the example's stateless seed, from its position in the
+stream: the task derives the anchor / RoI sampling seed from it); crowd (and difficult) boxes are left out of training targets by the
 reader's ``train_keep``. Evaluation — ``source_id``, ``image_info`` and the ground truth normalised to the
 original image (``boxes``, ``classes``, ``is_crowd``, ``difficult``, ``num_boxes``), as every family sends it.
 
@@ -120,7 +121,8 @@ class RCNNParser:
             image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
             pixels = tf.cond(flip, lambda: self._flip_boxes(pixels, new_w), lambda: pixels)
             labels = {"boxes": pad_to(pixels, self.max_boxes), "classes": pad_to(classes, self.max_boxes),
-                      "num_boxes": tf.minimum(tf.shape(pixels)[0], self.max_boxes), "image_info": info}
+                      "num_boxes": tf.minimum(tf.shape(pixels)[0], self.max_boxes), "image_info": info,
+                      "seed": tf.cast(seed, tf.int64)}
         else:
             m_ = self.max_boxes
             labels = {"source_id": decoded["source_id"], "image_info": info, "boxes": pad_to(boxes, m_),

@@ -272,6 +272,9 @@ class FasterRCNN(keras.Model):
         matched = tf.gather(gt_boxes, tf.maximum(sel_matches, 0), batch_dims=1)
         matched = tf.where(positive[..., None], matched, sel_anchors)  # negatives: zero targets, never NaN
         targets = tf.stop_gradient(box_coder.encode(matched, sel_anchors, rpn.box_coder_weights))
+        # Targets of non-positives (padding gt rows, zero-size boxes) can be inf; zeroed so that the masked
+        # Smooth-L1 has a finite gradient (tf.where would multiply 0 by an infinite derivative).
+        targets = tf.where(positive[..., None], targets, 0.0)
         diff = tf.gather(deltas, index, batch_dims=1) - targets
         box_loss = tf.reduce_sum(tf.where(positive[..., None], _smooth_l1(diff, rpn.box_loss_beta), 0.0)) / count
         return {"rpn_objectness_loss": objectness_loss, "rpn_box_loss": box_loss}, index, valid
@@ -298,6 +301,7 @@ class FasterRCNN(keras.Model):
         classification = tf.reduce_sum(tf.where(roi_valid, ce, 0.0)) / count
         positive = roi_valid & (labels > 0)
         targets = tf.stop_gradient(box_coder.encode(matched_gt, rois, roi.box_coder_weights))
+        targets = tf.where(positive[..., None], targets, 0.0)  # finite gradients of the masked loss (see above)
         pred = tf.gather(deltas, safe_labels, batch_dims=2)  # [B, R, 4]
         box = tf.reduce_sum(tf.where(positive[..., None], _smooth_l1(pred - targets, roi.box_loss_beta), 0.0)) / count
         return {"roi_classification_loss": classification, "roi_box_loss": box}
