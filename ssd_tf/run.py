@@ -309,6 +309,13 @@ def train_and_eval(cfg: Config, **kwargs) -> dict:
 def checkpoints_to_evaluate(cfg: Config, checkpoint: Optional[str] = None, all_checkpoints: bool = False) -> list:
     import tensorflow as tf
 
+    if checkpoint == "best":
+        from ssd_tf.training.checkpoints import CheckpointError, resolve_checkpoint
+
+        try:
+            return [resolve_checkpoint(cfg.runtime.model_dir, "best")]
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
     if checkpoint:
         return [checkpoint]
     ckpt_dir = os.path.join(cfg.runtime.model_dir, "checkpoints")
