@@ -279,9 +279,9 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
     evaluate_fn = None
     if evaluate:
         def evaluate_fn(step):
-            metrics = task.evaluate(trainer.model)
-            write_eval_results(model_dir, step, trainer.manager.latest_checkpoint or "", metrics)
-            return metrics
+            from ssd_tf.evaluation.record import record_evaluation
+
+            return record_evaluation(cfg, task, trainer.model, step, trainer.manager.latest_checkpoint or "", log=log)
 
     try:
         trainer.train(evaluate_fn)
@@ -349,10 +349,11 @@ def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: 
     metrics = {}
     for path in checkpoints_to_evaluate(cfg, checkpoint, all_checkpoints):
         step = restore_model(cfg, model, path)
-        metrics = task.evaluate(model)
+        from ssd_tf.evaluation.record import record_evaluation
+
+        metrics = record_evaluation(cfg, task, model, step, path, log=log)
         log(f"Eval results at step {step} ({path}): " + json.dumps(
             {k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
-        write_eval_results(cfg.runtime.model_dir, step, path, metrics)
     return metrics
 
 

@@ -178,8 +178,9 @@ class Task:
             yield {k: v.numpy() for k, v in dets.items()}, {k: v.numpy() for k, v in labels.items()}
         self.log(f"Evaluated {n} images")
 
-    def evaluate(self, model) -> dict:
-        """Runs the validation set through the model and scores it (COCO or VOC)."""
+    def evaluate(self, model, details: dict | None = None) -> dict:
+        """Runs the validation set through the model and scores it (COCO or VOC). ``details``: a dict that
+        receives what the evaluation pictures need (``evaluation/runner.py``)."""
         from ssd_tf.evaluation.runner import evaluate_batches
 
         d, e = self.cfg.data, self.cfg.eval
@@ -187,6 +188,6 @@ class Task:
         metrics = evaluate_batches(self.detection_batches(model), metric=e.eval_metric, class_ids=list(d.class_ids),
                                    class_names=list(d.class_names), val_json_file=d.val_json_file,
                                    validation_file_pattern=d.validation_file_pattern, backend=e.eval_backend,
-                                   pixel_offset=self.pixel_offset(), log=self.log)
+                                   pixel_offset=self.pixel_offset(), log=self.log, details=details)
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
