@@ -166,7 +166,9 @@ def update_best(model_dir: str, model, *, step: int, metrics: dict, metric: str,
         k += 1
         name = f"step_{int(step)}_{k}"
     prefix = os.path.join(best_dir, name, f"ckpt-{int(step)}")
-    tf.train.Checkpoint(model=model).write(prefix)
+    checkpoint = tf.train.Checkpoint(model=model)
+    _ = checkpoint.save_counter  # saved too, so a restore's assert_existing_objects_matched() (run.restore_model) holds
+    checkpoint.write(prefix)
     record = {"metric": metric, "mode": direction, "value": value, "step": int(step),
               "checkpoint": os.path.relpath(prefix, model_dir), "source_checkpoint": source,
               "previous": None if current is None else {k: current.get(k) for k in ("value", "step", "checkpoint")}}
