@@ -36,7 +36,7 @@ def pr_curves_figure(arrays, ious=PR_IOUS):
     shared axes, ticks on the outer panels only, AP written as text instead of per-panel legends."""
     plt = _pyplot()
     k = len(arrays.cat_ids)
-    cols = max(1, min(k, math.ceil(math.sqrt(k * 1.5))))
+    cols = max(1, k if k <= 4 else math.ceil(math.sqrt(k * 1.5)))
     rows = max(1, math.ceil(k / cols))
     height = 1.9 * rows + 1.3
     fig, axes = plt.subplots(rows, cols, figsize=(max(2.2 * cols, 6.0), height), squeeze=False, sharex=True,
@@ -120,8 +120,9 @@ def _original_images(validation_file_pattern: str, source_ids: list, max_records
     if not files or not wanted:
         return found
     ds = tf.data.Dataset.from_tensor_slices(files)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
-                       deterministic=True) if len(files) > 1 else ds.flat_map(tf.data.TFRecordDataset)
+    # the reader's evaluation order (data/reader.py: interleave, one record per file in turn)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1) \
+        if len(files) > 1 else ds.flat_map(tf.data.TFRecordDataset)
     spec = {ex.IMAGE_SOURCE_ID: tf.io.FixedLenFeature((), tf.string, default_value="")}
     for serialized in ds.take(max_records):
         sid = _source_str(tf.io.parse_single_example(serialized, spec)[ex.IMAGE_SOURCE_ID].numpy())
