@@ -3,7 +3,8 @@
 #
 #   bash run_1p.sh                       the embedded demo: builds the synthetic shapes dataset and its
 #                                        TFRecords, trains SSD300-ResNet34 (the real preset's code path,
-#                                        scaled down by flags only) with train_and_eval, prints COCO stats
+#                                        scaled down by flags only) with train_and_eval, prints COCO stats,
+#                                        then draws what the model finds on a few validation pictures
 #   bash run_1p.sh TRAIN_GLOB VAL_GLOB [VAL_JSON] [MODEL_DIR] [more ssd_main flags]
 #                                        a real training with the ssd_resnet34 recipe
 #   bash run_1p.sh --flag=value ...      every argument passed to ssd_main.py as is
@@ -57,4 +58,12 @@ python "$ROOT/ssd_main.py" --mode=train_and_eval --model=ssd_resnet34 \
   --num_epochs="${DEMO_EPOCHS:-13}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16 \
   --warmup_epochs=0.5 --eval_every_epochs=0 --checkpoint_every_steps=150 --log_every_steps=25 \
   --steps_per_loop=25 --eval_batch_size=16 "$@"
+
+# What the trained model finds: boxes, class names and scores drawn on a few validation pictures.
+PICTURES="$(ls "$WORK/shapes/val/"*.jpg | head -n "${DEMO_PREDICT_IMAGES:-8}" | paste -sd, -)"
+python ssd_main.py --mode=predict --model_dir="$WORK/model" --input_pattern="$PICTURES" \
+  --output_dir="$WORK/predictions"
+PLOTS="$(ls -d "$WORK/model/eval_plots/step_"* 2>/dev/null | sort -t_ -k3 -n | tail -n 1)"
 echo "Demo finished in $(( $(date +%s) - start )) s; results: $WORK/model/eval_results.json"
+echo "Pictures: $WORK/predictions/*.jpg (detections drawn; all boxes in $WORK/predictions/detections.json)"
+echo "          ${PLOTS:-$WORK/model/eval_plots} (PR curves, AP per class, ground truth | detections)"

@@ -1,4 +1,4 @@
-"""Train and evaluate detectors: python ssd_main.py --mode=train|eval|train_and_eval [flags].
+"""Train, evaluate and use detectors: python ssd_main.py --mode=train|eval|train_and_eval|predict|export [flags].
 
 Flags -> config -> ``ssd_tf.run``. The config starts from the saved ``model_dir/config.json`` when there is one
 (resume, eval), else from ``--config_file`` (a saved config.json or a hand-written JSON/YAML subset) or the
@@ -36,10 +36,12 @@ _PATHS = {
         "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "seed", "backbone_checkpoint")},
     "resnet_checkpoint": "train.backbone_checkpoint",  # the seed's name, kept as an alias
     **{name: f"eval.{name}" for name in ("eval_batch_size", "eval_every_epochs", "eval_backend", "eval_metric",
-                                         "eval_steps")},
+                                         "eval_steps", "best_metric", "best_metric_mode")},
     **{name: f"runtime.{name}" for name in ("model_dir", "strategy", "num_devices", "sync_batchnorm")},
 }
 # Flags that only matter for training; --mode=eval ignores them.
+# Modes that use a trained model directory as it is (its config.json; training flags ignored).
+_TRAINED_MODES = ("eval", "predict", "export")
 _TRAIN_ONLY = ("train.", "model.loss_normalization", "data.training_file_pattern", "data.num_train_images",
                "data.shuffle_buffer")
 
@@ -99,12 +101,12 @@ def build_config():
     if os.path.exists(os.path.join(FLAGS.model_dir, "config.json")):
         saved = config_lib.load(FLAGS.model_dir)
     file_values = config_lib.read_config_file(FLAGS.config_file) if FLAGS.config_file else None
-    if FLAGS.mode == "eval" and saved is None:
-        raise UsageError(f"--mode=eval: {FLAGS.model_dir} has no config.json, so nothing was trained there; "
+    if FLAGS.mode in _TRAINED_MODES and saved is None:
+        raise UsageError(f"--mode={FLAGS.mode}: {FLAGS.model_dir} has no config.json, so nothing was trained there; "
                          f"train first or point --model_dir at a trained model")
     if saved is not None:
         if FLAGS["model"].present and FLAGS.model != saved.model.name:
-            if FLAGS.mode == "eval":
+            if FLAGS.mode in _TRAINED_MODES:
                 raise UsageError(f"--model={FLAGS.model} but {FLAGS.model_dir} holds a {saved.model.name} model")
             raise UsageError(f"{FLAGS.model_dir} holds checkpoints of a {saved.model.name} model, not "
                              f"--model={FLAGS.model}; use another --model_dir or the same --model")
@@ -123,7 +125,7 @@ def build_config():
         except config_lib.ConfigError as e:
             raise UsageError(f"--config_file={FLAGS.config_file}: {e}") from None
     values = _flag_values()
-    if FLAGS.mode == "eval":
+    if FLAGS.mode in _TRAINED_MODES:
         values = {p: v for p, v in values.items() if not p.startswith(_TRAIN_ONLY)}
     for path, value in values.items():
         try:
@@ -132,16 +134,16 @@ def build_config():
             flag = _flag_for(path)
             raise UsageError(f"{flag}={value}: {e}") from None
     _resolve_length_pairs(cfg, set(values) | _paths_in(file_values or {}))
-    if FLAGS.augmentation is not None and FLAGS.mode != "eval":
+    if FLAGS.augmentation is not None and FLAGS.mode not in _TRAINED_MODES:
         _apply_augmentation(cfg, FLAGS.augmentation)
     try:
         cfg = config_lib.validate(cfg)
     except config_lib.ConfigError as e:
         raise UsageError(_in_flag_terms(str(e), values)) from None
     check_model_dir(cfg)
-    if FLAGS.mode != "eval":
+    if FLAGS.mode not in _TRAINED_MODES:
         check_output_dir(cfg.runtime.model_dir, "--model_dir")
-    if FLAGS.mode != "eval" and cfg.runtime.sync_batchnorm and cfg.train.xla:
+    if FLAGS.mode not in _TRAINED_MODES and cfg.runtime.sync_batchnorm and cfg.train.xla:
         raise UsageError("--sync_batchnorm cannot be combined with --xla: the BatchNorm all-reduces would sit inside "
                          "the XLA-compiled forward/backward function, which tf.distribute rejects (merge_call in a "
                          "nested tf.function); drop one of the two")
@@ -198,6 +200,42 @@ def cluster_from_flags():
         raise UsageError(str(e)) from None
 
 
+def check_inference_flags(cfg):
+    """The predict / export flags, --checkpoint=best and --best_metric checked before TensorFlow starts (a
+    ValueError names what to fix); returns predict's or export's arguments (None for the other modes)."""
+    from ssd_tf.training import checkpoints
+
+    if cfg.eval.best_metric and FLAGS.mode in ("train", "train_and_eval", "eval"):
+        checkpoints.check_best_metric(cfg.eval.best_metric, cfg.eval.best_metric_mode, cfg.eval.eval_metric,
+                                      cfg.data.class_names)
+    if FLAGS.mode == "eval" and FLAGS.checkpoint == "best":
+        checkpoints.resolve_checkpoint(cfg.runtime.model_dir, "best")
+    if FLAGS.mode == "predict":
+        from ssd_tf.inference import predict
+
+        predict.apply_defaults(cfg, score_threshold_given=FLAGS.score_threshold is not None)
+        return predict.check_args(cfg, FLAGS.input_pattern, FLAGS.output_dir, FLAGS.checkpoint)
+    if FLAGS.mode == "export":
+        from ssd_tf.inference import export
+
+        return export.check_args(cfg, FLAGS.export_dir, FLAGS.checkpoint)
+    return None
+
+
+def run_inference(cfg, args) -> None:
+    """--mode=predict (exit 1 when no picture could be read) or --mode=export."""
+    if FLAGS.mode == "export":
+        from ssd_tf.inference.export import export_saved_model
+
+        export_saved_model(cfg, args)
+        return
+    from ssd_tf.inference.predict import predict
+
+    if predict(cfg, args).num_images == 0:
+        print("ERROR: no picture could be read; nothing was predicted", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
 def main(argv):
     if len(argv) > 1:
         print(f"ERROR: unexpected argument(s) {' '.join(argv[1:])!r}; every option is a --flag=value "
@@ -211,13 +249,16 @@ def main(argv):
         cluster = cluster_from_flags()
         if FLAGS.collective_timeout is not None and FLAGS.collective_timeout <= 0:
             raise run.UsageError(f"--collective_timeout must be positive seconds, got {FLAGS.collective_timeout}")
+        inference_args = check_inference_flags(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     from ssd_tf.training.loop import TrainingDiverged
 
     try:
-        if FLAGS.mode == "eval":
+        if FLAGS.mode in ("predict", "export"):
+            run_inference(cfg, inference_args)
+        elif FLAGS.mode == "eval":
             run.evaluate(cfg, checkpoint=FLAGS.checkpoint, all_checkpoints=FLAGS.eval_all_checkpoints,
                          cluster=cluster)
         else:

@@ -35,7 +35,8 @@ def define_model_flags():
 
 
 def define_train_flags():
-    flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
+    flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval", "predict", "export"],
+                      "What to run (predict: detections and annotated pictures; export: a SavedModel).")
     flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, config.json, eval results.")
     flags.DEFINE_integer("train_batch_size", None, "Training batch size per device.")
     flags.DEFINE_float("num_epochs", None, "Epochs to train (train_steps wins when given).")
@@ -71,11 +72,26 @@ def define_eval_flags():
     flags.DEFINE_enum("eval_metric", None, ["coco", "voc07", "voc"], "coco: COCO AP; voc07: VOC 11-point mAP; "
                       "voc: VOC2010+ area mAP.")
     flags.DEFINE_integer("eval_steps", None, "Evaluation batches (0: the whole validation set).")
-    flags.DEFINE_string("checkpoint", None, "eval: this checkpoint instead of the latest.")
+    flags.DEFINE_string("checkpoint", None, "eval / predict / export: this checkpoint instead of the latest: a "
+                        "prefix (model_dir/checkpoints/ckpt-1200), a directory of checkpoints, or 'best' (the one "
+                        "--best_metric kept).")
     flags.DEFINE_bool("eval_all_checkpoints", False, "eval: every checkpoint in model_dir in turn.")
-    flags.DEFINE_float("score_threshold", None, "Post-processing score threshold (default: the preset's).")
+    flags.DEFINE_float("score_threshold", None, "Post-processing score threshold (default: the preset's; "
+                       "predict: 0.3, what is written and drawn).")
     flags.DEFINE_float("nms_iou_threshold", None, "Post-processing NMS IoU threshold (default: the preset's).")
     flags.DEFINE_integer("max_detections", None, "Detections kept per image (default: the preset's).")
+
+
+def define_inference_flags():
+    flags.DEFINE_string("input_pattern", None, "predict: pictures (JPEG, PNG, GIF, BMP): a file, a glob, a "
+                        "comma-separated list, or a directory.")
+    flags.DEFINE_string("output_dir", None, "predict: where detections.json and the annotated pictures go.")
+    flags.DEFINE_string("export_dir", None, "export: the SavedModel directory to write.")
+    flags.DEFINE_string("best_metric", None, "Keep the best evaluated checkpoint in model_dir/best/ by this "
+                        "eval_results.json key (e.g. COCO/AP, COCO/AP50, VOC/mAP, per_class_AP/<name>); "
+                        "--checkpoint=best uses it.")
+    flags.DEFINE_enum("best_metric_mode", None, ["auto", "max", "min"], "Whether higher or lower --best_metric "
+                      "is better (auto: max for AP/AR/mAP keys, min for losses).")
 
 
 def define_distribute_flags():
@@ -98,4 +114,5 @@ def define_all():
     define_model_flags()
     define_train_flags()
     define_eval_flags()
+    define_inference_flags()
     define_distribute_flags()

@@ -98,6 +98,12 @@ class EvalConfig:
     eval_backend: str = "faster"  # faster | pycocotools
     eval_metric: str = "coco"  # coco | voc07 | voc
     eval_steps: int = 0  # 0: the whole validation set
+    best_metric: str = ""  # an eval_results.json key (COCO/AP, VOC/mAP, ...): keep the best checkpoint in best/
+    best_metric_mode: str = "auto"  # auto (max for AP/AR/mAP, min for losses) | max | min
+
+    def __post_init__(self):
+        if self.best_metric_mode not in ("auto", "max", "min"):
+            raise ValueError(f"best_metric_mode must be auto, max or min, got {self.best_metric_mode!r}")
 
     def __post_init__(self):
         _positive(self, "eval_batch_size")

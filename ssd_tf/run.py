@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import traceback
 from typing import Optional
 
 from ssd_tf.config import Config
@@ -289,6 +290,35 @@ def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict
     os.replace(tmp, path)
 
 
+# What every evaluation leaves in the model directory (train_and_eval and evaluate): eval_results.json (the numbers),
+# eval_plots/step_N/ and TensorBoard images (evaluation/plots.py) and, with eval.best_metric, the best checkpoint
+# (training/checkpoints.py). A failure while drawing is logged and does not stop training: the numbers are written.
+def record_evaluation(cfg, task, model, step: int, checkpoint: str, log=_print, plots: bool = True) -> dict:
+    """Evaluates ``model`` (weights of ``checkpoint`` at ``step``) with ``task`` and records the results (see the
+    comment above); returns the metrics."""
+    model_dir = cfg.runtime.model_dir
+    details = {}
+    metrics = task.evaluate(model, details=details)
+    write_eval_results(model_dir, step, checkpoint, metrics)
+    if plots:
+        try:
+            from ssd_tf.evaluation.plots import write_eval_plots
+
+            write_eval_plots(model_dir, step, metrics, details,
+                             label_map=dict(zip(cfg.data.class_ids, cfg.data.class_names)),
+                             validation_file_pattern=cfg.data.validation_file_pattern, log=log)
+        except Exception as e:  # noqa: BLE001 - a picture must not cost a training run
+            log(f"WARNING: evaluation pictures not written ({type(e).__name__}: {e})\n"
+                + "".join(traceback.format_exc(limit=3)))
+    metric = getattr(cfg.eval, "best_metric", "")
+    if metric:
+        from ssd_tf.training.checkpoints import update_best
+
+        update_best(model_dir, model, step=step, metrics=metrics, metric=metric,
+                    mode=getattr(cfg.eval, "best_metric_mode", "auto"), source=checkpoint, log=log)
+    return metrics
+
+
 def _evaluated(model_dir: str, checkpoint: str) -> bool:
     path = os.path.join(model_dir, "eval_results.json")
     if not os.path.exists(path):
@@ -356,9 +386,7 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
     evaluate_fn = None
     if evaluate:
         def evaluate_fn(step):
-            metrics = task.evaluate(trainer.model)
-            write_eval_results(model_dir, step, trainer.manager.latest_checkpoint or "", metrics)
-            return metrics
+            return record_evaluation(cfg, task, trainer.model, step, trainer.manager.latest_checkpoint or "", log=log)
 
     try:
         with _input_errors_named(cfg, log):
@@ -404,6 +432,13 @@ def train_and_eval(cfg: Config, **kwargs) -> dict:
 def checkpoints_to_evaluate(cfg: Config, checkpoint: Optional[str] = None, all_checkpoints: bool = False) -> list:
     import tensorflow as tf
 
+    if checkpoint == "best":
+        from ssd_tf.training.checkpoints import CheckpointError, resolve_checkpoint
+
+        try:
+            return [resolve_checkpoint(cfg.runtime.model_dir, "best")]
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
     if checkpoint:
         return [checkpoint]
     ckpt_dir = os.path.join(cfg.runtime.model_dir, "checkpoints")
@@ -438,10 +473,9 @@ def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: 
     for path in checkpoints_to_evaluate(cfg, checkpoint, all_checkpoints):
         step = restore_model(cfg, model, path)
         with _input_errors_named(cfg, log):
-            metrics = task.evaluate(model)
+            metrics = record_evaluation(cfg, task, model, step, path, log=log)
         log(f"Eval results at step {step} ({path}): " + json.dumps(
             {k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
-        write_eval_results(cfg.runtime.model_dir, step, path, metrics)
     return metrics
 
 

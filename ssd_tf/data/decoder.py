@@ -37,9 +37,16 @@ def _or_default(values, n, default):
     return tf.cond(tf.equal(tf.size(values), n), lambda: values, lambda: tf.fill([n], default))
 
 
+def decode_image_bytes(encoded) -> tf.Tensor:
+    """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 [H, W, 3] RGB (grayscale, CMYK, palette, alpha and 16-bit
+    inputs converted; the first frame of an animation). The one image decoder of records, predict and export."""
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
 def _decode_image(encoded, height, width):
     def decode():
-        return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+        return decode_image_bytes(encoded)
 
     def blank():
         return tf.zeros(tf.stack([tf.maximum(height, 0), tf.maximum(width, 0), 3]), tf.uint8)

@@ -1,6 +1,7 @@
 """COCO box evaluation: faster-coco-eval (default) or pycocotools, plus ground truth from TFRecords.
 
-`evaluate_coco` returns the 12 standard COCOeval stats under `COCO/...` keys and a per-class AP@[.5:.95].
+`evaluate_coco` returns the 12 standard COCOeval stats under `COCO/...` keys and a per-class AP@[.5:.95];
+`evaluate_coco_full` also the evaluator's own precision array (`CocoArrays`, for PR curves).
 `coco_gt_from_tfrecords` rebuilds a COCO-format ground-truth dict from validation TFRecords.
 
 CLI (the last printed line is one JSON object with the 12 stats):
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -109,7 +111,7 @@ def _check_detections(dets: Sequence[Mapping], dataset: Mapping) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backends: each returns (stats[12], precision [T,R,K,A,M], category ids in precision's K order)
+# Backends: each returns (stats[12], precision [T,R,K,A,M], category ids in precision's K order, params)
 # ----------------------------------------------------------------------------------------------------------------
 def _run_faster(dataset: dict, dets: list, iou_type: str):
     from faster_coco_eval import COCO, COCOeval_faster
@@ -123,7 +125,7 @@ def _run_faster(dataset: dict, dets: list, iou_type: str):
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return np.asarray(ev.stats[:12], np.float64), np.asarray(ev.eval["precision"]), list(ev.params.catIds)
+    return np.asarray(ev.stats[:12], np.float64), np.asarray(ev.eval["precision"]), list(ev.params.catIds), ev.params
 
 
 def _run_pycocotools(dataset: dict, dets: list, iou_type: str):
@@ -145,7 +147,7 @@ def _run_pycocotools(dataset: dict, dets: list, iou_type: str):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return np.asarray(ev.stats[:12], np.float64), np.asarray(ev.eval["precision"]), list(ev.params.catIds)
+    return np.asarray(ev.stats[:12], np.float64), np.asarray(ev.eval["precision"]), list(ev.params.catIds), ev.params
 
 
 def _per_class_ap(precision: np.ndarray, cat_ids: Sequence[int], dataset: Mapping) -> dict:
@@ -170,6 +172,57 @@ def format_summary(stats: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass
+class CocoArrays:
+    """The evaluator's own accumulated arrays (``COCOeval.eval`` and ``COCOeval.params``), for plots.
+
+    ``precision`` [T, R, K, A, M]: precision at IoU threshold t, recall threshold r, category k (``cat_ids``
+    order), area range a (``area_labels``), max detections m (``max_dets``); -1 where category k has no ground
+    truth."""
+    precision: np.ndarray
+    iou_thresholds: np.ndarray  # [T]
+    recall_thresholds: np.ndarray  # [R]
+    cat_ids: list
+    cat_names: list
+    area_labels: list
+    max_dets: list
+
+    def pr_curve(self, k: int, iou: float, area: str = "all", max_dets: int | None = None):
+        """(recall [R], precision [R]) of category index ``k`` at IoU threshold ``iou`` (0.5, 0.75, ...), area
+        range ``area``, ``max_dets`` (default the largest): a slice of ``precision``, nothing recomputed."""
+        t = int(np.argmin(np.abs(self.iou_thresholds - iou)))
+        if abs(float(self.iou_thresholds[t]) - iou) > 1e-6:
+            raise ValueError(f"IoU {iou} is not one of the evaluator's thresholds {self.iou_thresholds.tolist()}")
+        a = self.area_labels.index(area)
+        m = len(self.max_dets) - 1 if max_dets is None else self.max_dets.index(max_dets)
+        return self.recall_thresholds, self.precision[t, :, k, a, m]
+
+
+def evaluate_coco_full(gt: Any, detections: Any, backend: str = "faster", iou_type: str = "bbox",
+                       verbose: bool = True) -> tuple[dict, CocoArrays]:
+    """``evaluate_coco``'s result and the evaluator's arrays (``CocoArrays``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    dataset = _gt_dataset(gt)
+    # Both backends write into the result dicts (id, area, segmentation): work on shallow copies.
+    dets = [dict(d) for d in _detection_list(detections)]
+    _check_detections(dets, dataset)
+    run = _run_faster if backend == "faster" else _run_pycocotools
+    stats, precision, cat_ids, params = run(dataset, dets, iou_type)
+    result = {key: float(v) for key, v in zip(STAT_KEYS, stats)}
+    result["per_class_AP"] = _per_class_ap(precision, cat_ids, dataset)
+    if verbose:
+        print(format_summary(result))
+    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset["categories"]}
+    arrays = CocoArrays(precision=precision, iou_thresholds=np.asarray(params.iouThrs, np.float64),
+                        recall_thresholds=np.asarray(params.recThrs, np.float64), cat_ids=list(cat_ids),
+                        cat_names=[names.get(c, str(c)) for c in cat_ids], area_labels=list(params.areaRngLbl),
+                        max_dets=[int(m) for m in params.maxDets])
+    return result, arrays
+
+
 def evaluate_coco(gt: Any, detections: Any, backend: str = "faster", iou_type: str = "bbox",
                   verbose: bool = True) -> dict:
     """Score COCO results against a COCO ground truth.
@@ -184,22 +237,9 @@ def evaluate_coco(gt: Any, detections: Any, backend: str = "faster", iou_type: s
 
     Returns:
       {key: float for key in STAT_KEYS} plus `per_class_AP` {category name: AP@[.5:.95], -1 if the class has no gt}.
+      ``evaluate_coco_full`` also returns the evaluator's precision array (for PR curves).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    dataset = _gt_dataset(gt)
-    # Both backends write into the result dicts (id, area, segmentation): work on shallow copies.
-    dets = [dict(d) for d in _detection_list(detections)]
-    _check_detections(dets, dataset)
-    run = _run_faster if backend == "faster" else _run_pycocotools
-    stats, precision, cat_ids = run(dataset, dets, iou_type)
-    result = {key: float(v) for key, v in zip(STAT_KEYS, stats)}
-    result["per_class_AP"] = _per_class_ap(precision, cat_ids, dataset)
-    if verbose:
-        print(format_summary(result))
-    return result
+    return evaluate_coco_full(gt, detections, backend=backend, iou_type=iou_type, verbose=verbose)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------

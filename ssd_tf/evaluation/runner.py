@@ -9,6 +9,10 @@ boxes [B,M,4] normalised to the original image, classes [B,M], num_boxes [B], di
   evaluated than the ground truth holds (``--eval_steps``), the ground truth is restricted to the evaluated
   images, so AP is not deflated by images that were never looked at; ``num_images`` records the count.
 * VOC07 / VOC2010+: class labels 1..K are named by ``class_names[label - 1]``.
+
+``details``: a dict the caller passes to receive what the evaluation pictures need (``evaluation/plots.py``):
+``coco`` (the COCO evaluator's ``CocoArrays``) and ``samples`` (the first ``num_samples`` images' detections
+and labels, numpy, as in the batches).
 """
 from __future__ import annotations
 
@@ -27,9 +31,22 @@ def _restrict_gt(gt: dict, image_ids: set) -> dict:
     return out
 
 
+def _capture_samples(batches: Iterable, details: dict | None, num_samples: int):
+    """Passes ``batches`` through, keeping the first ``num_samples`` images' detections and labels in
+    ``details["samples"]`` (a list of (detections, labels) dicts of one image each)."""
+    samples = []
+    if details is not None:
+        details["samples"] = samples
+    for dets, labels in batches:
+        if details is not None and len(samples) < num_samples:
+            for i in range(min(len(dets["num_detections"]), num_samples - len(samples))):
+                samples.append(({k: v[i] for k, v in dets.items()}, {k: v[i] for k, v in labels.items()}))
+        yield dets, labels
+
+
 def evaluate_coco_batches(batches: Iterable, *, class_ids, class_names, val_json_file: str = "",
                           validation_file_pattern: str = "", backend: str = "faster", pixel_offset: float = 0.0,
-                          log=print) -> dict:
+                          log=print, details: dict | None = None, num_samples: int = 4) -> dict:
     from ssd_tf.evaluation import coco, export
 
     t0 = time.perf_counter()
@@ -42,7 +59,7 @@ def evaluate_coco_batches(batches: Iterable, *, class_ids, class_names, val_json
     image_id_map = gt.get("source_id_to_image_id")  # records' source ids -> COCO image ids
     acc = export.CocoDetectionAccumulator(class_ids=list(class_ids), image_id_map=image_id_map,
                                           pixel_offset=pixel_offset)
-    for dets, labels in batches:
+    for dets, labels in _capture_samples(batches, details, num_samples):
         acc.add_batch(boxes=dets["boxes"], scores=dets["scores"], classes=dets["classes"],
                       num_detections=dets["num_detections"], source_ids=labels["source_id"])
     evaluated = acc.image_ids()
@@ -54,18 +71,21 @@ def evaluate_coco_batches(batches: Iterable, *, class_ids, class_names, val_json
                              f"{sorted(unknown)[0]}; does --val_json_file belong to --validation_file_pattern?")
         log(f"Scoring the {len(evaluated)} evaluated images of the {len(gt_images)} in the ground truth")
         gt = _restrict_gt(gt, evaluated)
-    metrics = coco.evaluate_coco(gt, acc.results(), backend=backend)
+    metrics, arrays = coco.evaluate_coco_full(gt, acc.results(), backend=backend)
+    if details is not None:
+        details["coco"] = arrays
     metrics["num_images"] = len(evaluated)
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
 
 
-def evaluate_voc_batches(batches: Iterable, *, class_names, use_07_metric: bool) -> dict:
+def evaluate_voc_batches(batches: Iterable, *, class_names, use_07_metric: bool, details: dict | None = None,
+                         num_samples: int = 4) -> dict:
     from ssd_tf.evaluation import voc
 
     t0 = time.perf_counter()
     detections, ground_truths = [], []
-    for dets, labels in batches:
+    for dets, labels in _capture_samples(batches, details, num_samples):
         for i in range(dets["boxes"].shape[0]):
             k, g = int(dets["num_detections"][i]), int(labels["num_boxes"][i])
             size = np.asarray(labels["image_info"][i, 0], np.float64)  # original (height, width)
@@ -83,12 +103,13 @@ def evaluate_voc_batches(batches: Iterable, *, class_names, use_07_metric: bool)
 
 def evaluate_batches(batches: Iterable, *, metric: str, class_ids, class_names, val_json_file: str = "",
                      validation_file_pattern: str = "", backend: str = "faster", pixel_offset: float = 0.0,
-                     log=print) -> dict:
+                     log=print, details: dict | None = None) -> dict:
     """Scores detection batches (see the module docstring) with ``metric`` coco | voc07 | voc."""
     if metric == "coco":
         return evaluate_coco_batches(batches, class_ids=class_ids, class_names=class_names,
                                      val_json_file=val_json_file, validation_file_pattern=validation_file_pattern,
-                                     backend=backend, pixel_offset=pixel_offset, log=log)
+                                     backend=backend, pixel_offset=pixel_offset, log=log, details=details)
     if metric in ("voc07", "voc"):
-        return evaluate_voc_batches(batches, class_names=class_names, use_07_metric=metric == "voc07")
+        return evaluate_voc_batches(batches, class_names=class_names, use_07_metric=metric == "voc07",
+                                    details=details)
     raise ValueError(f"eval metric must be coco, voc07 or voc, got {metric!r}")

@@ -11,7 +11,9 @@ A family subclasses ``Task`` and provides:
                                           (contiguous, 1 = first class), num_detections [B]}
 
 and gets: model building from its config (+ sync BN), the train / eval datasets (per-replica batch, resume
-skip), ``predict_fn`` (detections in original-image pixels) and ``evaluate`` (COCO / VOC).
+skip), ``predict_fn`` / ``detect_original`` (detections in original-image pixels), ``inference_inputs`` (a
+picture through its own evaluation parser, for predict and export: ``ssd_tf/inference``) and ``evaluate``
+(COCO / VOC).
 
 **Where detections become image pixels** (decided once, here): every parser sends an ``image_info`` record
 float32 [4, 2] with each image — rows (height, width) of the original image, (height, width) of the image
@@ -129,17 +131,37 @@ class Task:
     def detect(self, model, images, image_info) -> dict:
         raise NotImplementedError
 
+    def detect_original(self, model, images, image_info) -> dict:
+        """``detect`` with boxes in original-image pixels (graph code; ``predict_fn`` wraps it)."""
+        dets = dict(self.detect(model, images, image_info))
+        dets["boxes"] = to_original_pixels(dets["boxes"], image_info, self.boxes_frame)
+        return dets
+
     def predict_fn(self, model):
         """A ``tf.function(images, image_info)`` -> detections with boxes in original-image pixels."""
 
         @tf.function
         @tf.autograph.experimental.do_not_convert
         def predict(images, image_info):
-            dets = dict(self.detect(model, images, image_info))
-            dets["boxes"] = to_original_pixels(dets["boxes"], image_info, self.boxes_frame)
-            return dets
+            return self.detect_original(model, images, image_info)
 
         return predict
+
+    def inference_inputs(self, image):
+        """One picture -> (model input, ``image_info`` [4, 2]) through the family's own evaluation parser, so
+        predict and export preprocess exactly as evaluation does. ``image``: uint8 [H, W, 3] RGB (graph code).
+
+        The parser receives a decoded example (``data/decoder.py``'s keys) without boxes."""
+        image = tf.ensure_shape(tf.convert_to_tensor(image, tf.uint8), [None, None, 3])
+        shape = tf.shape(image)
+        decoded = {"image": image, "height": shape[0], "width": shape[1], "source_id": tf.constant(""),
+                   "filename": tf.constant(""), "boxes": tf.zeros([0, 4], tf.float32),
+                   "classes": tf.zeros([0], tf.int32), "is_crowd": tf.zeros([0], tf.bool),
+                   "difficult": tf.zeros([0], tf.bool), "area": tf.zeros([0], tf.float32)}
+        if getattr(self, "_inference_parser", None) is None:
+            self._inference_parser = self.make_parser(False)
+        model_input, labels = self._inference_parser.parse(decoded, tf.zeros([2], tf.int64), False)
+        return model_input, labels["image_info"]
 
     # --- evaluation -------------------------------------------------------------------------------
     def pixel_offset(self) -> float:
@@ -156,8 +178,9 @@ class Task:
             yield {k: v.numpy() for k, v in dets.items()}, {k: v.numpy() for k, v in labels.items()}
         self.log(f"Evaluated {n} images")
 
-    def evaluate(self, model) -> dict:
-        """Runs the validation set through the model and scores it (COCO or VOC)."""
+    def evaluate(self, model, details: dict | None = None) -> dict:
+        """Runs the validation set through the model and scores it (COCO or VOC). ``details``: a dict that
+        receives what the evaluation pictures need (``evaluation/runner.py``)."""
         from ssd_tf.evaluation.runner import evaluate_batches
 
         d, e = self.cfg.data, self.cfg.eval
@@ -165,6 +188,6 @@ class Task:
         metrics = evaluate_batches(self.detection_batches(model), metric=e.eval_metric, class_ids=list(d.class_ids),
                                    class_names=list(d.class_names), val_json_file=d.val_json_file,
                                    validation_file_pattern=d.validation_file_pattern, backend=e.eval_backend,
-                                   pixel_offset=self.pixel_offset(), log=self.log)
+                                   pixel_offset=self.pixel_offset(), log=self.log, details=details)
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics

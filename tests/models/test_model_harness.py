@@ -2,7 +2,8 @@
 
 For each case: build the model from the preset's config, predict on a batch from the family's own eval parser
 (detections in original-image pixels), one training step on a fixed batch from its train parser lowers the loss,
-save/restore give identical outputs, and the config survives config.json. A new family is one more entry in
+save/restore give identical outputs, the config survives config.json, and predict / export's inference graph
+gives the eval path's detections. A new family is one more entry in
 CASES (its preset plus the overrides that make it tiny).
 """
 from __future__ import annotations
@@ -132,3 +133,22 @@ def test_config_round_trip_rebuilds_the_same_model(harness, tmp_path):
     again = build_task(loaded).build_model()
     assert again.count_params() == model.count_params()
     assert [w.shape for w in again.weights] == [w.shape for w in model.weights]
+
+
+def test_inference_graph_gives_the_eval_path_detections(harness):
+    """predict / export's in-graph detector (ssd_tf/inference/module.py: the picture through the family's eval
+    parser, detect, original pixels, dataset ids) agrees with predict_fn on the eval dataset's batch."""
+    from ssd_tf.data.decoder import decode_example
+    from ssd_tf.inference.module import DetectorModule
+
+    cfg, task, model = harness
+    images, labels = _eval_batch(task)
+    dets = {k: v.numpy() for k, v in task.predict_fn(model)(images[:1], labels["image_info"][:1]).items()}
+    pixels = decode_example(next(iter(tf.data.TFRecordDataset(cfg.data.validation_file_pattern))))["image"]
+    out = {k: v.numpy() for k, v in DetectorModule(task, model, cfg.data.class_ids).detect_uint8(pixels[None]).items()}
+    n = int(dets["num_detections"][0])
+    h, w = pixels.shape[:2]
+    assert int(out["num_detections"][0]) == n
+    np.testing.assert_allclose(out["detection_boxes"][0, :n] * [h, w, h, w], dets["boxes"][0, :n], atol=1e-2)
+    np.testing.assert_allclose(out["detection_scores"][0, :n], dets["scores"][0, :n], atol=1e-5)
+    assert out["detection_classes"][0, :n].tolist() == [CLASS_IDS[c - 1] for c in dets["classes"][0, :n]]
