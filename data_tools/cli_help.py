@@ -11,7 +11,7 @@ def expose_flags_in_help(module_name: str) -> None:
 
     fv = flags.FLAGS
     program = sys.argv[0]
-    owners = {module_name, "data_tools.writer"}
+    owners = {module_name, "data_tools.writer.cli"}
     for owner, flag_list in list(fv.flags_by_module_dict().items()):
         if owner in owners and owner != program:
             for flag in flag_list:

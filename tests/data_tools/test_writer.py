@@ -268,7 +268,7 @@ def test_rerun_rewrites_a_damaged_finished_shard(tmp_path, monkeypatch, capsys):
     convert_coco(output_file_prefix=str(tmp_path / "ref" / "x"), progress=False, **kw)
     # a run that dies after both shards are finished, before the sidecar: done-markers stay behind
     with monkeypatch.context() as m:
-        m.setattr(writer, "_sidecar", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        m.setattr(writer.job, "build_sidecar", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             convert_coco(output_file_prefix=str(tmp_path / "out" / "x"), progress=False, **kw)
     assert len(list((tmp_path / "out" / ".x.convert").glob("*.done.json"))) == 2
