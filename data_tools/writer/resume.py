@@ -1,9 +1,11 @@
-"""Resume fingerprints: what decides a shard's bytes, and whether a shard finished by an earlier run of
-the same job can be reused instead of rewritten.
+"""Resume: the work directory, fingerprints (what decides a shard's bytes), and whether a shard finished by
+an earlier run of the same job can be reused instead of rewritten.
 
-A finished shard has a done-marker `{work_dir}/{shard name}.done.json` (record count, size, CRC-32C over
-the record framing, fingerprint). A rerun reuses the shard when the fingerprint of its inputs and
-options is unchanged and the file still matches its marker (every record's data CRC is re-checked).
+The work directory `.{name}.convert` beside the shards holds, per shard file name NAME:
+`NAME.incomplete` while a worker writes it, then `NAME` (finished) with its done-marker `NAME.done.json`
+(record count, size, CRC-32C over the record framing, fingerprint). Finished shards get their final names
+only when the whole job has succeeded. A rerun reuses a finished shard when the fingerprint of its inputs
+and options is unchanged and the file still matches its marker (every record's data CRC is re-checked).
 """
 from __future__ import annotations
 
@@ -20,6 +22,18 @@ def work_dir(prefix: str) -> str:
     """The job's work directory `.{name}.convert` beside the shards (temporary files and done-markers)."""
     head, tail = os.path.split(os.path.abspath(prefix))
     return os.path.join(head, f".{tail}.convert")
+
+
+def incomplete_path(wdir: str, name: str) -> str:
+    return os.path.join(wdir, name + ".incomplete")
+
+
+def finished_path(wdir: str, name: str) -> str:
+    return os.path.join(wdir, name)
+
+
+def marker_path(wdir: str, name: str) -> str:
+    return os.path.join(wdir, name + ".done.json")
 
 
 class Fingerprint:
@@ -55,15 +69,15 @@ def shard_fingerprint(records, k: int, file_stats, excluded, options: dict) -> s
     return fp.hexdigest()
 
 
-def reusable(final: str, marker: str, fingerprint: str):
+def reusable(path: str, marker: str, fingerprint: str):
     """The stats of a finished shard from an earlier run if its file still matches its marker, else None."""
-    if not (os.path.isfile(final) and os.path.isfile(marker)):
+    if not (os.path.isfile(path) and os.path.isfile(marker)):
         return None
     try:
         with open(marker) as f:
             stats = json.load(f)
-        if (stats.get("fingerprint") == fingerprint and os.path.getsize(final) == stats["bytes"]
-                and scan_shard(final) == (stats["num_records"], stats["framing_crc32c"])):
+        if (stats.get("fingerprint") == fingerprint and os.path.getsize(path) == stats["bytes"]
+                and scan_shard(path) == (stats["num_records"], stats["framing_crc32c"])):
             return stats
     except (OSError, ValueError, KeyError):  # ConversionError is a ValueError
         pass

@@ -15,8 +15,8 @@ from data_tools.records import ConversionError, ImageRecord
 from data_tools.writer.boxes import box_where, check_box
 from data_tools.writer.framing import crc32c_extend, write_record
 from data_tools.writer.images import ImageProblem, read_image
-from data_tools.writer.pool import STATE, tick
-from data_tools.writer.resume import Fingerprint
+from data_tools.writer.pool import STATE, parent_alive, tick
+from data_tools.writer.resume import Fingerprint, finished_path, incomplete_path, marker_path
 from ssd_tf.data import example as ex
 from ssd_tf.data.shards import shard_path
 
@@ -109,7 +109,9 @@ def example_bytes(i: int, rec: ImageRecord, verify: str, excluded, stats: dict, 
 
 
 def write_shard(task: tuple) -> dict:
-    """Write shard k of STATE's job; returns its stats (also written to the done-marker).
+    """Write shard k of STATE's job into the work directory (`NAME.incomplete`, then `NAME` beside its
+    done-marker `NAME.done.json`; the parent gives it its final name when the whole job has succeeded);
+    returns its stats (also written to the done-marker).
 
     task: (k, excluded: the shard's image indices i and (i, j) box pairs left out by the checks,
     file_stats: {i: (size, mtime_ns)} of its images)."""
@@ -117,8 +119,8 @@ def write_shard(task: tuple) -> dict:
     st = STATE
     records, opts = st["records"], st["options"]
     num_shards, verify, strict = opts["num_shards"], opts["verify_images"], st["strict"]
-    final = shard_path(st["prefix"], k, num_shards)
-    tmp = os.path.join(st["work_dir"], os.path.basename(final) + ".incomplete")
+    name = os.path.basename(shard_path(st["prefix"], k, num_shards))
+    tmp = incomplete_path(st["work_dir"], name)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     stats = {"shard": k, "num_records": 0, "num_objects": 0, "objects_per_label": {}, "images_without_objects": 0,
              "clipped_boxes": 0, "formats": {}, "reencoded_images": 0, "skipped": []}
@@ -161,11 +163,13 @@ def write_shard(task: tuple) -> dict:
     finally:
         if pending:
             tick(pending)
-    stats.update(file=os.path.basename(final), bytes=os.path.getsize(tmp), framing_crc32c=framing_crc,
-                 fingerprint=fingerprint)
-    marker = tmp[: -len(".incomplete")] + ".done.json"
+    stats.update(file=name, bytes=os.path.getsize(tmp), framing_crc32c=framing_crc, fingerprint=fingerprint)
+    if not parent_alive():  # an orphan must not publish anything a rerun could mistake for its own work
+        os.remove(tmp)
+        os._exit(1)
+    marker = marker_path(st["work_dir"], name)
     with open(marker + ".tmp", "w") as f:
         json.dump(stats, f)
     os.replace(marker + ".tmp", marker)
-    os.replace(tmp, final)
+    os.replace(tmp, finished_path(st["work_dir"], name))
     return stats
