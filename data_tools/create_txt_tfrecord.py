@@ -37,19 +37,19 @@ if __package__ in (None, ""):  # `python data_tools/create_txt_tfrecord.py`: mak
 from absl import app, flags
 
 from data_tools import label_map as label_map_lib
-from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
+from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport, unsafe_relative_path
 
 FORMATS = ("lines", "csv")
 
 
 def image_path_under(image_dir: str, rel_path: str, where: str) -> str:
     """image_dir/rel_path, refusing absolute paths and paths with `..`."""
-    if (os.path.isabs(rel_path) or rel_path.startswith(("/", "\\"))
-            or (len(rel_path) > 1 and rel_path[1] == ":")):
+    problem = unsafe_relative_path(rel_path)
+    if problem == "absolute":
         raise ConversionError(f"{where}: image path {rel_path!r} is absolute; it must be relative to --image_dir {image_dir}")
-    parts = pathlib.PurePosixPath(rel_path.replace("\\", "/")).parts
-    if ".." in parts:
+    if problem:
         raise ConversionError(f"{where}: image path {rel_path!r} escapes --image_dir {image_dir}")
+    parts = pathlib.PurePosixPath(rel_path.replace("\\", "/")).parts
     return os.path.join(image_dir, *parts)
 
 

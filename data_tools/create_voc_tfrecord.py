@@ -55,7 +55,7 @@ import defusedxml.ElementTree as SafeET
 from absl import app, flags
 
 from data_tools import label_map as label_map_lib
-from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
+from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport, unsafe_relative_path
 
 PIXEL_CONVENTIONS = ("voc", "continuous")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -183,11 +183,12 @@ def image_path_for(filename: str | None, image_dir: str, image_id: str, xml_path
     """Path of the image named by `<filename>`, refusing names that escape image_dir."""
     if not filename:
         filename = image_id + ".jpg"
-    if os.path.isabs(filename) or filename.startswith(("/", "\\")) or (len(filename) > 1 and filename[1] == ":"):
+    problem = unsafe_relative_path(filename)
+    if problem == "absolute":
         raise ConversionError(f"{xml_path}: <filename> {filename!r} is an absolute path; it must be relative to {image_dir}")
-    parts = pathlib.PurePosixPath(filename.replace("\\", "/")).parts
-    if ".." in parts:
+    if problem:
         raise ConversionError(f"{xml_path}: <filename> {filename!r} escapes the image directory {image_dir}")
+    parts = pathlib.PurePosixPath(filename.replace("\\", "/")).parts
     path = os.path.join(image_dir, *parts)
     if not os.path.splitext(filename)[1] and not os.path.exists(path):
         for ext in IMAGE_EXTENSIONS:  # some exporters drop the extension

@@ -9,14 +9,20 @@ How a conversion runs
   (read, check, build, append), so memory does not grow with the dataset and the shard bytes do not
   depend on --num_processes. No TensorFlow: records are framed here (masked CRC-32C via google-crc32c)
   and encoded by `ssd_tf.data.example`.
-- A shard is written as `.{name}.convert/NNNNN-of-MMMMM.tfrecord.incomplete` and renamed to
-  `{prefix}-NNNNN-of-MMMMM.tfrecord` only when complete, after a small done-marker (record count,
-  size, a CRC-32C over the record framing and a fingerprint of the shard's inputs and options) is written
-  beside the temporary file. A rerun reuses a finished shard whose fingerprint, size, record count and
-  framing CRC match (every record's data CRC is re-checked) its marker and rewrites the others, so the
-  final files equal those of an uninterrupted run byte for byte. Final-named files of shards that are not
-  reused are deleted before work starts; the sidecar `{prefix}.meta.json` is written last (its presence
-  means the job finished) and the work directory is then removed.
+- A shard is written as `.{name}.convert/{name}-NNNNN-of-MMMMM.tfrecord.incomplete`, renamed (in the
+  work directory) when complete, after a small done-marker (record count, size, a CRC-32C over the record
+  framing and a fingerprint of the shard's inputs and options) is written beside it. Only when every
+  shard is done do they get their final names `{prefix}-NNNNN-of-MMMMM.tfrecord`, then the sidecar
+  `{prefix}.meta.json` is written (its presence means the job finished) and the work directory removed:
+  a failed, killed or interrupted run leaves no final-named shard of its own. A rerun reuses a finished
+  shard whose fingerprint, size, record count and framing CRC match its marker (every record's data CRC is
+  re-checked) and rewrites the others, so the final files equal those of an uninterrupted run byte for
+  byte. Final-named shards of earlier runs of the same prefix (whatever their --num_shards) are deleted
+  before work starts, so `{prefix}-*.tfrecord` matches exactly the shards the sidecar lists.
+- Worker processes share no lock: a worker that dies (e.g. the out-of-memory killer) stops the job at once
+  with `pool.WorkerLost`; Ctrl-C stops it with KeyboardInterrupt (exit 130 from the CLI).
+- Nothing to convert, every image file missing, or no usable image is a ConversionError (never 0 records
+  with exit 0).
 
 Images (`images`): JPEG/PNG stored as they are, other formats re-encoded as PNG; --verify_images=header
 checks the header and end marker, =full decodes every image. The size found in the file must equal the
