@@ -14,6 +14,9 @@ Two formats (`--format`):
   `path,,,,,` is an image without objects; rows of the same path are one image. `--label_map` is
   then the keras-retinanet class file (`class_name,id` rows, ids 0-based; records get id + 1 so
   that 0 stays free for the background), or any label map `data_tools.label_map` reads.
+
+`--label_map` may be a converter sidecar `PREFIX.meta.json`: a validation split then gets the training
+split's ids (class index k = the sidecar's k-th class; CSV names are looked up in it).
   Coordinates are taken as they are (keras-retinanet uses them directly as continuous pixels).
 
 Errors (ConversionError) name the annotation file and the line: bad syntax, a path that is absolute
@@ -211,7 +214,8 @@ def define_flags():
     define("DEFINE_string", "anno_path", None, "Annotation file (text lines, or keras-retinanet CSV with --format=csv).")
     define("DEFINE_string", "image_dir", None, "Folder the image paths of the annotation file are relative to.")
     define("DEFINE_string", "label_map", None, "Class names, one per line (class index k = line k, from 0); "
-           ".json / .pbtxt label maps and, with --format=csv, a keras-retinanet class CSV are accepted.")
+           ".json / .pbtxt label maps, the PREFIX.meta.json sidecar of another split (same ids) and, with "
+           "--format=csv, a keras-retinanet class CSV are accepted.")
     define("DEFINE_enum", "format", "lines", list(FORMATS), "lines: 'path x1,y1,x2,y2,class ...'; csv: keras-retinanet.")
     writer.add_output_flags()
 
