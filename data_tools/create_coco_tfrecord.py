@@ -2,7 +2,7 @@ r"""COCO instances JSON -> TFRecord shards + `{prefix}.meta.json` (flag names of
 
     python data_tools/create_coco_tfrecord.py --image_dir=train2017 \
         --object_annotations_file=annotations/instances_train2017.json \
-        --output_file_prefix=out/train --num_shards=32 --num_processes=0
+        --output_file_prefix=out/train --num_shards=32   # --num_processes: default one per CPU
 
 Also `python -m data_tools.create_coco_tfrecord` or the `create_coco_tfrecord` console script.
 The label map is the `categories` list in file order; class labels are the COCO category ids. bbox
@@ -417,11 +417,13 @@ def main(argv):
 
     from data_tools import writer
 
+    from data_tools.cli_help import usage_error
+
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     f = flags.FLAGS
     if f.include_masks:
-        raise SystemExit("--include_masks is not supported: this converter writes boxes only")
+        usage_error("--include_masks is not supported: this converter writes boxes only")
     return writer.run_conversion(
         lambda: convert_coco(image_dir=f.image_dir, object_annotations_file=f.object_annotations_file,
                              strict=f.strict, skip_crowd=f.skip_crowd, allow_large_ids=f.allow_large_ids,
@@ -434,8 +436,11 @@ def run():
     """Console-script entry point."""
     from absl import app
 
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
+
     _define_flags()
-    app.run(main)
+    expose_flags_in_help(__spec__.name if __spec__ else "data_tools.create_coco_tfrecord")
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

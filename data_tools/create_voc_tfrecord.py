@@ -401,8 +401,10 @@ def define_flags():
 
 
 def main(argv):
+    from data_tools.cli_help import usage_error
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     f = flags.FLAGS
     from data_tools import writer
 
@@ -418,10 +420,10 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    from data_tools.cli_help import expose_flags_in_help
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
 
     expose_flags_in_help(__spec__.name if __spec__ else "data_tools.create_voc_tfrecord")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

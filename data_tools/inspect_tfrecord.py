@@ -176,15 +176,19 @@ def define_flags():
 
 
 def main(argv):
-    from absl import app, flags
+    from absl import flags
+
+    from data_tools.cli_help import usage_error, writable_dir_problem
 
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     f = flags.FLAGS
     if not f.input_pattern:
-        raise app.UsageError("--input_pattern is required")
+        usage_error("--input_pattern is required")
     if f.render and not f.output_dir:
-        raise app.UsageError("--render needs --output_dir")
+        usage_error("--render needs --output_dir")
+    if f.render and writable_dir_problem(f.output_dir):
+        usage_error(f"--output_dir={f.output_dir}: {writable_dir_problem(f.output_dir)}")
     try:
         stats = inspect_records(f.input_pattern)
     except FileNotFoundError as e:
@@ -202,10 +206,10 @@ def run():
     from absl import app
 
     define_flags()
-    from data_tools.cli_help import expose_flags_in_help
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
 
     expose_flags_in_help(__spec__.name if __spec__ else "data_tools.inspect_tfrecord")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -160,15 +160,17 @@ def test_csv_empty_rows_and_unknown_names(data):
     assert skips.entries[0]["where"].endswith("a.csv line 3")
 
 
-@pytest.mark.parametrize("how", ["script", "module"])
-def test_cli(data, how):
+@pytest.mark.parametrize("how", ["script", "module", "console"])
+def test_cli(data, how, console_script):
     tmp_path, img = data
     anno = write(tmp_path, "a.jpg 1,2,30,40,0\n")
     cmd = {"script": [sys.executable, os.path.join(REPO, "data_tools", "create_txt_tfrecord.py")],
-           "module": [sys.executable, "-m", "data_tools.create_txt_tfrecord"]}[how]
+           "module": [sys.executable, "-m", "data_tools.create_txt_tfrecord"]}.get(how)
     args = [f"--anno_path={anno}", f"--image_dir={img}", f"--label_map={tmp_path / 'classes.txt'}",
             f"--output_file_prefix={tmp_path / 'cli'}", "--num_shards=1"]
     env = dict(os.environ, PYTHONPATH=REPO)
+    if how == "console":  # setup.py's entry point, run as pip's stub runs it
+        cmd, env = console_script("create_txt_tfrecord")
     proc = subprocess.run(cmd + args, cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.load(open(tmp_path / "cli.meta.json"))["num_objects"] == 1
