@@ -240,10 +240,17 @@ def test_malformed_xml_skips_the_image_or_fails_under_strict(loose):
 
 def test_entity_expansion_is_refused_as_malformed(loose):
     tmp_path, ann, img = loose
-    (ann / "bomb.xml").write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxx">]>'
-                                  "<annotation><filename>&x;</filename></annotation>")
+    # The entity expands to a valid file name and the object is valid: only defusedxml stops this file.
+    bomb = ann / "bomb.xml"
+    bomb.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "a.jpg">]>'
+                    "<annotation><filename>&x;</filename><object><name>cat</name><bndbox><xmin>1</xmin>"
+                    "<ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    assert ET.parse(bomb).getroot().findtext("filename") == "a.jpg"  # the standard parser would convert it
     meta = convert(tmp_path, ann, img)
-    assert [s["where"].endswith("bomb.xml") for s in meta["skipped"]] == [True]
+    assert meta["num_images"] == 1 and meta["num_objects"] == 1  # a.xml only
+    (skip,) = meta["skipped"]
+    assert skip["kind"] == "image" and skip["where"].endswith("bomb.xml")
+    assert skip["reason"].startswith("malformed XML (EntitiesForbidden"), skip["reason"]
 
 
 @pytest.mark.parametrize("filename", ["../a.jpg", "sub/../../a.jpg", "/etc/passwd", "..\\a.jpg", "C:\\x\\a.jpg"])
