@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from data_tools.writer.resume import (finished_path, incomplete_path, marker_pat
                                       work_dir)
 from data_tools.writer.shard import precheck_shard, write_shard
 from data_tools.writer.sidecar import FORMAT_VERSION, build_sidecar
-from ssd_tf.data.shards import shard_path, sidecar_path
+from ssd_tf.data.shards import shard_path, shards_on_disk, sidecar_path
 
 
 def precheck(records, num_shards: int, strict: bool, shard_results: list):
@@ -93,31 +92,15 @@ def output_prefix_problem(prefix) -> str | None:
     return None
 
 
-def final_shards(prefix: str) -> list:
-    """[(path, index, num_shards)] of the final-named shards `{prefix}-NNNNN-of-MMMMM.tfrecord` on disk."""
-    head, tail = os.path.split(os.path.abspath(prefix))
-    pattern = re.compile(re.escape(tail) + r"-(\d{5})-of-(\d{5})\.tfrecord")
-    try:
-        names = sorted(os.listdir(head))
-    except OSError:
-        return []
-    out = []
-    for name in names:
-        m = pattern.fullmatch(name)
-        if m:
-            out.append((os.path.join(os.path.dirname(prefix), name), int(m.group(1)), int(m.group(2))))
-    return out
-
-
 def _remove_earlier_output(prefix: str, num_shards: int, wdir: str) -> None:
     """Delete the final-named shards of earlier runs of this prefix (saying so for other --num_shards), after
     moving back into the work directory any shard an interrupted run of this job had already published."""
-    for path, k, n in final_shards(prefix):
+    for path, k, n in shards_on_disk(prefix):
         name = os.path.basename(path)
         if n == num_shards and os.path.isfile(marker_path(wdir, name)) and not os.path.exists(finished_path(wdir, name)):
             os.replace(path, finished_path(wdir, name))  # the rerun checks it against its marker
     stale = {}
-    for path, k, n in final_shards(prefix):
+    for path, k, n in shards_on_disk(prefix):
         os.remove(path)
         if n != num_shards:
             stale.setdefault(n, []).append(path)

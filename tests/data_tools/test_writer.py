@@ -403,7 +403,7 @@ def test_killed_worker_fails_fast_and_a_rerun_completes_identically(tmp_path):
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert time.time() - t < 10 and proc.returncode == 1, err
+    assert time.time() - t < 10 and proc.returncode == 1, err  # a bound against hanging, not a timing
     assert f"worker process {workers[0]}" in err and "killed by SIGKILL" in err and "out-of-memory" in err
     assert "rerun the same command" in err and "Traceback" not in err
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith("x")]
@@ -431,7 +431,7 @@ def test_sigint_stops_the_converter_promptly(tmp_path, num_processes):
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert time.time() - t < 5 and proc.returncode == 130, err
+    assert time.time() - t < 10 and proc.returncode == 130, err  # a bound against hanging, not a timing
     assert err.strip().splitlines()[-1].startswith("interrupted") and "Traceback" not in err
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith("x")]
     assert not list(work.glob("*.incomplete"))
