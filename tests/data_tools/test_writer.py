@@ -370,7 +370,7 @@ def _children(pid: int) -> list:
     return out
 
 
-def _start_slow_run(tmp_path, num_processes=2):
+def _start_slow_run(tmp_path, num_processes=2, new_session=False):
     img_dir, ann_file = _coco_job(tmp_path)
     from data_tools.create_coco_tfrecord import convert_coco
 
@@ -378,7 +378,8 @@ def _start_slow_run(tmp_path, num_processes=2):
                  output_file_prefix=str(tmp_path / "ref" / "x"), num_shards=4, num_processes=2, progress=False)
     env = dict(os.environ, **{writer.DELAY_ENV: "0.1"})  # 6 images per shard: ~0.6 s per shard
     proc = subprocess.Popen(_cli(img_dir, ann_file, tmp_path / "out" / "x", num_processes=num_processes), env=env,
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
     return img_dir, ann_file, proc
 
 
@@ -419,13 +420,17 @@ def test_killed_worker_fails_fast_and_a_rerun_completes_identically(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")} == ref
 
 
-@pytest.mark.parametrize("num_processes", [1, 2])
-def test_sigint_stops_the_converter_promptly(tmp_path, num_processes):
-    _, _, proc = _start_slow_run(tmp_path, num_processes=num_processes)
+@pytest.mark.parametrize("num_processes,target", [(1, "parent"), (2, "parent"), (2, "process group")])
+def test_sigint_stops_the_converter_promptly(tmp_path, num_processes, target):
+    """SIGINT to the converter alone, or to its whole process group as Ctrl-C in a terminal sends it."""
+    _, _, proc = _start_slow_run(tmp_path, num_processes=num_processes, new_session=target == "process group")
     work = tmp_path / "out" / ".x.convert"
     _wait_for(proc, lambda: work.glob("*.incomplete") if work.exists() else [])
     workers = _children(proc.pid)
-    proc.send_signal(signal.SIGINT)  # to the parent only
+    if target == "parent":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     t = time.time()
     try:
         _, err = proc.communicate(timeout=20)
