@@ -35,7 +35,7 @@ def add_output_flags(default_num_shards: int = 8) -> None:
                       "header: parse the header and check the JPEG EOI / PNG IEND end marker (a file without it "
                       "is fully decoded); full: fully decode every image with PIL and skip what does not decode "
                       "(catches a JPEG corrupt in the middle, on which training would stop; ~2.5 ms CPU per COCO "
-                      "image, about 6x the CPU time of a header-checked conversion). `inspect_tfrecord --render` "
+                      "image, 6-7x the CPU time of a header-checked conversion). `inspect_tfrecord --render` "
                       "names such records.")
     flags.mark_flag_as_required("output_file_prefix")
 
