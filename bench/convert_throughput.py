@@ -2,6 +2,7 @@
 with their annotations) -> `create_coco_tfrecord` as a user runs it. Prints JSON.
 
     python bench/convert_throughput.py [--num_images 4000] [--num_processes 2] [--repeat 3] [--work_dir DIR]
+                                       [--verify_images header|full]
 
 Reports the whole command's wall clock (Python start-up included; best of --repeat runs, each run's
 wall and 1-min load average listed), the converter's own phases (JSON parse, then checks + shard
@@ -105,10 +106,12 @@ def _tree_rss(pid: int) -> tuple:
     return pss, rss, top
 
 
-def run_converter(image_dir, ann_file, out_prefix, num_processes, num_shards) -> dict:
+def run_converter(image_dir, ann_file, out_prefix, num_processes, num_shards, verify_images=None) -> dict:
     cmd = [sys.executable, str(REPO / "data_tools" / "create_coco_tfrecord.py"), f"--image_dir={image_dir}",
            f"--object_annotations_file={ann_file}", f"--output_file_prefix={out_prefix}",
            f"--num_shards={num_shards}", f"--num_processes={num_processes}"]
+    if verify_images:
+        cmd.append(f"--verify_images={verify_images}")
     samples, stop = [], threading.Event()  # (seconds since start, PSS sum, RSS sum, largest RSS)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -150,6 +153,8 @@ def main():
     p.add_argument("--num_shards", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3, help="converter runs; the best wall clock is reported")
     p.add_argument("--work_dir", default=None, help="kept if given; else a temporary directory is removed")
+    p.add_argument("--verify_images", choices=["header", "full"], default=None,
+                   help="the converter's --verify_images (default: the converter's default, header)")
     args = p.parse_args()
     if not COCO_TINY.is_dir():
         raise SystemExit(f"coco_tiny not found at {COCO_TINY} (set SSD_TF_SHARED_DATA)")
@@ -162,7 +167,8 @@ def main():
         runs = []
         for _ in range(max(1, args.repeat)):
             shutil.rmtree(out_dir, ignore_errors=True)
-            runs.append(run_converter(image_dir, ann_file, out_dir / "bench", args.num_processes, args.num_shards))
+            runs.append(run_converter(image_dir, ann_file, out_dir / "bench", args.num_processes, args.num_shards,
+                                      args.verify_images))
         with open(str(out_dir / "bench") + ".meta.json") as f:
             meta = json.load(f)
         r = min(runs, key=lambda x: x["wall_s"])
@@ -173,6 +179,7 @@ def main():
             "num_images": args.num_images, "num_objects": meta["num_objects"], "input_mb": round(mb, 1),
             "json_mb": round(ann_file.stat().st_size / 2**20, 1),
             "num_processes": args.num_processes, "num_shards": args.num_shards, "repeat": len(runs),
+            "verify_images": args.verify_images or "header (default)",
             "runs": [{"wall_s": round(x["wall_s"], 3), "parse_s": x["parse_s"], "write_s": x["write_s"],
                       "cpu_s": round(x["cpu_s"], 3), "load_average_1min": round(x["load_average_1min"], 2),
                       "peak_pss_tree_mb": round(x["peak_pss_tree_mb"], 1),

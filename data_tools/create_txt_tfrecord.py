@@ -14,6 +14,9 @@ Two formats (`--format`):
   `path,,,,,` is an image without objects; rows of the same path are one image. `--label_map` is
   then the keras-retinanet class file (`class_name,id` rows, ids 0-based; records get id + 1 so
   that 0 stays free for the background), or any label map `data_tools.label_map` reads.
+
+`--label_map` may be a converter sidecar `PREFIX.meta.json`: a validation split then gets the training
+split's ids (class index k = the sidecar's k-th class; CSV names are looked up in it).
   Coordinates are taken as they are (keras-retinanet uses them directly as continuous pixels).
 
 Errors (ConversionError) name the annotation file and the line: bad syntax, a path that is absolute
@@ -37,19 +40,19 @@ if __package__ in (None, ""):  # `python data_tools/create_txt_tfrecord.py`: mak
 from absl import app, flags
 
 from data_tools import label_map as label_map_lib
-from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
+from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport, unsafe_relative_path
 
 FORMATS = ("lines", "csv")
 
 
 def image_path_under(image_dir: str, rel_path: str, where: str) -> str:
     """image_dir/rel_path, refusing absolute paths and paths with `..`."""
-    if (os.path.isabs(rel_path) or rel_path.startswith(("/", "\\"))
-            or (len(rel_path) > 1 and rel_path[1] == ":")):
+    problem = unsafe_relative_path(rel_path)
+    if problem == "absolute":
         raise ConversionError(f"{where}: image path {rel_path!r} is absolute; it must be relative to --image_dir {image_dir}")
-    parts = pathlib.PurePosixPath(rel_path.replace("\\", "/")).parts
-    if ".." in parts:
+    if problem:
         raise ConversionError(f"{where}: image path {rel_path!r} escapes --image_dir {image_dir}")
+    parts = pathlib.PurePosixPath(rel_path.replace("\\", "/")).parts
     return os.path.join(image_dir, *parts)
 
 
@@ -211,18 +214,21 @@ def define_flags():
     define("DEFINE_string", "anno_path", None, "Annotation file (text lines, or keras-retinanet CSV with --format=csv).")
     define("DEFINE_string", "image_dir", None, "Folder the image paths of the annotation file are relative to.")
     define("DEFINE_string", "label_map", None, "Class names, one per line (class index k = line k, from 0); "
-           ".json / .pbtxt label maps and, with --format=csv, a keras-retinanet class CSV are accepted.")
+           ".json / .pbtxt label maps, the PREFIX.meta.json sidecar of another split (same ids) and, with "
+           "--format=csv, a keras-retinanet class CSV are accepted.")
     define("DEFINE_enum", "format", "lines", list(FORMATS), "lines: 'path x1,y1,x2,y2,class ...'; csv: keras-retinanet.")
     writer.add_output_flags()
 
 
 def main(argv):
+    from data_tools.cli_help import usage_error
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     f = flags.FLAGS
     for name in ("anno_path", "image_dir", "label_map"):
         if not getattr(f, name):
-            raise app.UsageError(f"--{name} is required")
+            usage_error(f"--{name} is required")
     from data_tools import writer
 
     return writer.run_conversion(
@@ -235,10 +241,10 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    from data_tools.cli_help import expose_flags_in_help
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
 
     expose_flags_in_help(__spec__.name if __spec__ else "data_tools.create_txt_tfrecord")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

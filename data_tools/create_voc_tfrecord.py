@@ -9,9 +9,12 @@ Two layouts:
   reads every `A/*.xml` (or only the ids listed in `--set_file`); images are looked up in `I`.
 
 Classes: the 20 VOC classes (ids 1..20, alphabetical) by default; `--label_map=FILE` (see
-`data_tools.label_map`); or `--label_map=discover`: the names found in the XML, sorted, ids 1..K
-(written to the sidecar). An object whose class is not in the label map is skipped with its reason
-(an error with --strict). `difficult` and `truncated` are kept.
+`data_tools.label_map`; a converter sidecar `PREFIX.meta.json` works too, so a validation split reuses
+the training split's ids); or `--label_map=discover`: the names found in the XML, sorted, ids 1..K
+(written to the sidecar). Object names not in the label map are an error listing them (a dataset of
+other classes, e.g. BCCD's RBC/WBC/Platelets, needs `discover` or a file); `--skip_unknown_classes`
+skips those objects instead, each listed with its reason (an error again with --strict). `difficult`
+and `truncated` are kept.
 
 Pixel convention (`--pixel_convention`):
 - `voc` (default): VOC coordinates are 1-based, inclusive pixel indices: `xmin=1, xmax=W` covers the
@@ -55,7 +58,7 @@ import defusedxml.ElementTree as SafeET
 from absl import app, flags
 
 from data_tools import label_map as label_map_lib
-from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport
+from data_tools.records import ConversionError, ImageRecord, ObjectAnnotation, SkipReport, unsafe_relative_path
 
 PIXEL_CONVENTIONS = ("voc", "continuous")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -183,11 +186,12 @@ def image_path_for(filename: str | None, image_dir: str, image_id: str, xml_path
     """Path of the image named by `<filename>`, refusing names that escape image_dir."""
     if not filename:
         filename = image_id + ".jpg"
-    if os.path.isabs(filename) or filename.startswith(("/", "\\")) or (len(filename) > 1 and filename[1] == ":"):
+    problem = unsafe_relative_path(filename)
+    if problem == "absolute":
         raise ConversionError(f"{xml_path}: <filename> {filename!r} is an absolute path; it must be relative to {image_dir}")
-    parts = pathlib.PurePosixPath(filename.replace("\\", "/")).parts
-    if ".." in parts:
+    if problem:
         raise ConversionError(f"{xml_path}: <filename> {filename!r} escapes the image directory {image_dir}")
+    parts = pathlib.PurePosixPath(filename.replace("\\", "/")).parts
     path = os.path.join(image_dir, *parts)
     if not os.path.splitext(filename)[1] and not os.path.exists(path):
         for ext in IMAGE_EXTENSIONS:  # some exporters drop the extension
@@ -261,11 +265,41 @@ def parse_voc_xml(xml_path: str, image_dir: str, image_id: str, class_ids: dict,
         objects=objects, where=xml_path)
 
 
-def build_records(entries, label_map="voc", *, skips: SkipReport, pixel_convention: str = "voc"):
+def _unknown_classes_error(parsed, class_ids: dict, label_map) -> ConversionError | None:
+    """The error for object names not in the label map (None when every name is in it)."""
+    counts, first = {}, None
+    for xml_path, _, _, fields in parsed:
+        for index, obj in enumerate(fields["objects"]):
+            name = obj["name"]
+            if name and name not in class_ids:
+                counts[name] = counts.get(name, 0) + 1
+                first = first or f"{xml_path} object {index}"
+    if not counts:
+        return None
+    if isinstance(label_map, dict):
+        source = "the given label map"
+    elif label_map in (None, "", "voc"):
+        source = "the 20 VOC classes"
+    else:
+        source = label_map
+    names = sorted(counts)
+    listed = ", ".join(f"{n!r} ({counts[n]})" for n in names[:20]) + (f", ... ({len(names)} names)" if len(names) > 20 else "")
+    total = sum(counts.values())
+    return ConversionError(
+        f"{total} object{'s' if total != 1 else ''} of {len(names)} class{'es' if len(names) != 1 else ''} not in "
+        f"the label map ({source}): {listed} (the first: {first}); pass --label_map=discover (the names found in "
+        "the XML, sorted) or a label map file (one name per line, .json, .pbtxt, or the PREFIX.meta.json of "
+        "another split), or --skip_unknown_classes to leave these objects out")
+
+
+def build_records(entries, label_map="voc", *, skips: SkipReport, pixel_convention: str = "voc",
+                  skip_unknown_classes: bool = False):
     """[(xml_path, image_dir, id)] -> (records, label_map {id: name}).
 
     label_map: "voc" (20 VOC classes), "discover" (sorted names found in the XML, ids 1..K), a path
-    to a label map file, or a {id: name} dict.
+    to a label map file (or a converter sidecar PREFIX.meta.json), or a {id: name} dict. Object names not
+    in the label map are an error listing them, unless skip_unknown_classes (then each such object is a
+    skip, an error under strict).
     """
     seen = {}
     for xml_path, _, image_id in entries:
@@ -295,6 +329,10 @@ def build_records(entries, label_map="voc", *, skips: SkipReport, pixel_conventi
     else:
         resolved = label_map_lib.read_label_map(label_map)
     class_ids = label_map_lib.name_to_id(resolved)
+    if not skip_unknown_classes:
+        error = _unknown_classes_error(parsed, class_ids, label_map)
+        if error is not None:
+            raise error
     records = []
     for xml_path, image_dir, image_id, fields in parsed:
         records.append(parse_voc_xml(xml_path, image_dir, image_id, class_ids, skips, pixel_convention, parsed=fields))
@@ -309,7 +347,7 @@ def convert_voc(*, output_file_prefix: str, data_dir: str | None = None, years=(
                 set_name: str = "train", annotations_dir: str | None = None, images_dir: str | None = None,
                 set_file: str | None = None, label_map="voc", pixel_convention: str = "voc", strict: bool = False,
                 num_shards: int = 8, num_processes: int = 0, verify_images: str = "header",
-                progress: bool = True) -> dict:
+                progress: bool = True, skip_unknown_classes: bool = False) -> dict:
     """Parse (VOCdevkit layout when data_dir is given, else the loose layout) + write; returns the sidecar."""
     from data_tools import writer
 
@@ -329,9 +367,11 @@ def convert_voc(*, output_file_prefix: str, data_dir: str | None = None, years=(
                   "set": set_name}
     else:
         raise ConversionError("give --data_dir (VOCdevkit layout) or --annotations_dir and --images_dir")
-    records, resolved = build_records(entries, label_map, skips=skips, pixel_convention=pixel_convention)
+    records, resolved = build_records(entries, label_map, skips=skips, pixel_convention=pixel_convention,
+                                      skip_unknown_classes=skip_unknown_classes)
     source.update(pixel_convention=pixel_convention,
-                  label_map=label_map if isinstance(label_map, str) else "dict")
+                  label_map=label_map if isinstance(label_map, str) else "dict",
+                  skip_unknown_classes=bool(skip_unknown_classes))
     return writer.convert(records, output_prefix=output_file_prefix, num_shards=num_shards,
                           num_processes=num_processes, label_map=resolved, skips=skips, source=source,
                           verify_images=verify_images, progress=progress)
@@ -350,16 +390,21 @@ def define_flags():
     define("DEFINE_string", "annotations_dir", None, "Loose layout: folder of XML files (instead of --data_dir).")
     define("DEFINE_string", "images_dir", None, "Loose layout: folder of the images.")
     define("DEFINE_string", "set_file", None, "Loose layout: optional list of ids (one per line) to convert.")
-    define("DEFINE_string", "label_map", "voc", "'voc' (20 classes), 'discover' (names found in the XML, "
-           "sorted) or a label map file (.txt one name per line, .json, .pbtxt).")
+    define("DEFINE_string", "label_map", "voc", "'voc' (the 20 VOC classes), 'discover' (names found in the XML, "
+           "sorted) or a label map file (.txt one name per line, .json, .pbtxt), e.g. the PREFIX.meta.json "
+           "sidecar of the training split, so that another split gets the same ids.")
+    define("DEFINE_boolean", "skip_unknown_classes", False, "Leave out objects whose class is not in the label "
+           "map (counted in the sidecar's skips) instead of stopping with an error that lists them.")
     define("DEFINE_enum", "pixel_convention", "voc", list(PIXEL_CONVENTIONS),
            "voc: 1-based inclusive pixel indices -> (xmin-1, ymin-1, xmax, ymax); continuous: as they are.")
     writer.add_output_flags()
 
 
 def main(argv):
+    from data_tools.cli_help import usage_error
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     f = flags.FLAGS
     from data_tools import writer
 
@@ -368,17 +413,17 @@ def main(argv):
                             set_name=f.set, annotations_dir=f.annotations_dir, images_dir=f.images_dir,
                             set_file=f.set_file, label_map=f.label_map, pixel_convention=f.pixel_convention,
                             strict=f.strict, num_shards=f.num_shards, num_processes=f.num_processes,
-                            verify_images=f.verify_images),
+                            verify_images=f.verify_images, skip_unknown_classes=f.skip_unknown_classes),
         f.output_file_prefix)
 
 
 def run():
     """Console-script entry point."""
     define_flags()
-    from data_tools.cli_help import expose_flags_in_help
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
 
     expose_flags_in_help(__spec__.name if __spec__ else "data_tools.create_voc_tfrecord")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

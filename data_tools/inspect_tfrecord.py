@@ -11,7 +11,10 @@ one JSON object with --json. With --render N, writes N PNGs with the boxes and c
 Class names come from the converter sidecar `{prefix}.meta.json` beside the shards (shards named
 `{prefix}-NNNNN-of-MMMMM.tfrecord`) when it exists, else from `image/object/class/text`, else the id.
 Counting parses the tf.train.Example protos without decoding images; rendering decodes with
-`ssd_tf.data.decoder.decode_example`, the same code the input pipeline uses.
+`ssd_tf.data.decoder.decode_example`, the same code the input pipeline uses. A record whose image does not
+decode (e.g. a JPEG corrupt in the middle, which the converters' default header check lets through) is
+named on stderr (file, record index, source_id, filename) and skipped; the command then exits 1. A
+damaged TFRecord file (bad length or CRC) is an error naming the file and the record index.
 """
 from __future__ import annotations
 
@@ -24,6 +27,35 @@ if __package__ in (None, ""):  # `python data_tools/inspect_tfrecord.py`: make t
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MAX_SIZE_BINS = 20
+
+
+class DamagedRecords(Exception):
+    """A TFRecord file that cannot be read on (truncated, or a CRC mismatch); the message names it."""
+
+
+def _tf_message(error) -> str:
+    """A TensorFlow error's message without the `{{function_node ...}}` noise, on one line."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return " ".join(text.split())
+
+
+def _records(files):
+    """(file, index in the file, serialized record) of every record, file by file; raises DamagedRecords."""
+    import tensorflow as tf
+
+    for path in files:
+        index = 0
+        iterator = iter(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        while True:
+            try:
+                raw = next(iterator)
+            except StopIteration:
+                break
+            except tf.errors.OpError as e:  # DataLossError: truncated record, CRC mismatch
+                raise DamagedRecords(f"{path} record {index}: cannot be read ({_tf_message(e)})") from None
+            yield path, index, raw
+            index += 1
 
 
 def list_files(pattern: str) -> list:
@@ -65,7 +97,7 @@ def inspect_records(pattern: str) -> dict:
              "min_height": None, "max_height": None, "min_width": None, "max_width": None,
              "image_sizes": {}, "class_names_from": "sidecar" if names else "class/text"}
     per_class, sizes = {}, {}
-    for raw in tf.data.TFRecordDataset(files).as_numpy_iterator():
+    for _, _, raw in _records(files):
         example = tf.train.Example.FromString(raw)
         height = (_feature(example, "image/height") or [0])[0]
         width = (_feature(example, "image/width") or [0])[0]
@@ -121,8 +153,12 @@ def format_text(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def render_examples(pattern: str, num: int, output_dir: str) -> list:
-    """Draw the first `num` records with their boxes and class names; returns the PNG paths."""
+def render_examples(pattern: str, num: int, output_dir: str, on_error=None) -> list:
+    """Draw the first `num` records with their boxes and class names; returns the PNG paths.
+
+    A record whose image does not decode is skipped (the next record is drawn instead): `on_error(message)`
+    gets one line naming the file, the record index, source_id and filename (default: printed to stderr).
+    """
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
     import matplotlib
@@ -134,16 +170,28 @@ def render_examples(pattern: str, num: int, output_dir: str) -> list:
 
     from ssd_tf.data.decoder import decode_example
 
+    if on_error is None:
+        def on_error(message):
+            print(f"error: {message}", file=sys.stderr)
+
     files = list_files(pattern)
     names = sidecar_class_names(files)
     os.makedirs(output_dir, exist_ok=True)
     paths = []
-    dataset = tf.data.TFRecordDataset(files).take(num)
-    for index, raw in enumerate(dataset):
-        example = tf.train.Example.FromString(raw.numpy())
+    for index, (path, position, raw) in enumerate(_records(files)):
+        if len(paths) >= num:
+            break
+        example = tf.train.Example.FromString(raw)
         texts = [t.decode("utf-8", "replace") for t in _feature(example, "image/object/class/text")]
-        d = decode_example(raw)
-        image = d["image"].numpy()
+        try:
+            d = decode_example(tf.constant(raw))
+            image = d["image"].numpy()
+        except tf.errors.OpError as e:
+            source_id = b"".join(_feature(example, "image/source_id")[:1]).decode("utf-8", "replace")
+            filename = b"".join(_feature(example, "image/filename")[:1]).decode("utf-8", "replace")
+            on_error(f"{path} record {position} (source_id {source_id!r}, filename {filename!r}): its image does "
+                     f"not decode ({_tf_message(e)}); skipped")
+            continue
         h, w = image.shape[:2]
         fig = plt.figure(figsize=(max(w, 1) / 100.0, max(h, 1) / 100.0), dpi=100)
         ax = fig.add_axes([0, 0, 1, 1])
@@ -159,10 +207,10 @@ def render_examples(pattern: str, num: int, output_dir: str) -> list:
                     bbox={"facecolor": "lime", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
         source = d["source_id"].numpy().decode("utf-8", "replace") or d["filename"].numpy().decode("utf-8", "replace")
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source)[:60] or "example"
-        path = os.path.join(output_dir, f"{index:04d}_{safe}.png")
-        fig.savefig(path, dpi=100)
+        out = os.path.join(output_dir, f"{index:04d}_{safe}.png")
+        fig.savefig(out, dpi=100)
         plt.close(fig)
-        paths.append(path)
+        paths.append(out)
     return paths
 
 
@@ -176,24 +224,42 @@ def define_flags():
 
 
 def main(argv):
-    from absl import app, flags
+    from absl import flags
+
+    from data_tools.cli_help import usage_error, writable_dir_problem
 
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     f = flags.FLAGS
     if not f.input_pattern:
-        raise app.UsageError("--input_pattern is required")
+        usage_error("--input_pattern is required")
     if f.render and not f.output_dir:
-        raise app.UsageError("--render needs --output_dir")
+        usage_error("--render needs --output_dir")
+    if f.render and writable_dir_problem(f.output_dir):
+        usage_error(f"--output_dir={f.output_dir}: {writable_dir_problem(f.output_dir)}")
     try:
         stats = inspect_records(f.input_pattern)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DamagedRecords) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(stats, indent=1) if f.json else format_text(stats))
+    print(json.dumps(stats, indent=1) if f.json else format_text(stats), flush=True)
     if f.render:
-        paths = render_examples(f.input_pattern, f.render, f.output_dir)
+        problems = []
+
+        def on_error(message):
+            problems.append(message)
+            print(f"error: {message}", file=sys.stderr)
+
+        try:
+            paths = render_examples(f.input_pattern, f.render, f.output_dir, on_error=on_error)
+        except DamagedRecords as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"wrote {len(paths)} PNGs to {f.output_dir}", file=sys.stderr)
+        if problems:
+            print(f"error: {len(problems)} record(s) whose image does not decode (listed above): training on these "
+                  "shards would stop there; reconvert with --verify_images=full to skip such images", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -202,10 +268,10 @@ def run():
     from absl import app
 
     define_flags()
-    from data_tools.cli_help import expose_flags_in_help
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
 
     expose_flags_in_help(__spec__.name if __spec__ else "data_tools.inspect_tfrecord")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -230,12 +230,15 @@ def make_shapes_dataset(output_dir: str, num_train: int = 1000, num_val: int = 2
 def main(argv):
     from absl import flags
 
-    del argv
+    from data_tools.cli_help import usage_error, writable_dir_problem
+
+    if len(argv) > 1:
+        usage_error(f"unexpected positional argument(s) {' '.join(argv[1:])!r}")
     FLAGS = flags.FLAGS
     if not FLAGS.output_dir:
-        from absl import app
-
-        raise app.UsageError("--output_dir is required")
+        usage_error("--output_dir is required")
+    if writable_dir_problem(FLAGS.output_dir):
+        usage_error(f"--output_dir={FLAGS.output_dir}: {writable_dir_problem(FLAGS.output_dir)}")
     paths = make_shapes_dataset(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.image_size, FLAGS.seed)
     print(json.dumps(paths, indent=1))
 
@@ -255,10 +258,10 @@ def run():
     from absl import app
 
     define_flags()
-    from data_tools.cli_help import expose_flags_in_help
+    from data_tools.cli_help import expose_flags_in_help, parse_flags
 
     expose_flags_in_help(__spec__.name if __spec__ else "data_tools.make_shapes_dataset")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

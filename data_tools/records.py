@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 
 class ConversionError(ValueError):
     """Bad input that stops a conversion. The message names the file and the record or line."""
+
+
+def unsafe_relative_path(name: str) -> Optional[str]:
+    """Why an image path taken from an annotation file may not be joined to the image directory: "absolute"
+    (POSIX or Windows: `/x`, `\\x`, `C:...`) or "escapes" (a `..` component, `/` or `\\` separated); None
+    for a plain relative path. Every converter refuses both (a file outside the image directory is never read).
+    """
+    if name.startswith(("/", "\\")) or name[1:2] == ":" or os.path.isabs(name):
+        return "absolute"
+    if ".." in name and ".." in name.replace("\\", "/").split("/"):
+        return "escapes"
+    return None
 
 
 @dataclasses.dataclass

@@ -25,6 +25,24 @@ def sidecar_path(prefix: str) -> str:
     return f"{prefix}.meta.json"
 
 
+def shards_on_disk(prefix: str) -> list:
+    """[(path, index, num_shards)] of the files `{prefix}-NNNNN-of-MMMMM.tfrecord` that exist (any count M),
+    sorted by name; a name that merely starts with the prefix (`{prefix}x-...`, `{prefix}-extra-...`) is not
+    one of them. Local paths only."""
+    head, tail = os.path.split(os.path.abspath(os.fspath(prefix)))
+    pattern = re.compile(re.escape(tail) + r"-(\d{5})-of-(\d{5})\.tfrecord")
+    try:
+        names = sorted(os.listdir(head))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m:
+            out.append((os.path.join(os.path.dirname(os.fspath(prefix)), name), int(m.group(1)), int(m.group(2))))
+    return out
+
+
 def sidecars_for(files) -> dict:
     """{prefix: sidecar path} for the prefixes of `files` whose sidecar exists, in the order of `files`.
 

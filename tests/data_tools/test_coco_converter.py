@@ -162,27 +162,61 @@ def test_unknown_ids_are_skipped_and_strict_raises(tmp_path):
         parse_coco(path, str(tmp_path), skips=SkipReport(strict=True))
 
 
-def test_cli_script_module_and_console_script(tmp_path):
+def test_wrong_image_dir_or_no_images_is_an_error_naming_it(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (10, 10)).save(tmp_path / "imgs" / "a.jpg")
+    ann = _write(tmp_path, _coco(annotations=[_ann(1)]))
+    kw = dict(object_annotations_file=ann, num_shards=1, num_processes=1, progress=False)
+    with pytest.raises(ConversionError, match=r"--image_dir .*nowhere: not a directory"):
+        convert_coco(image_dir=str(tmp_path / "nowhere"), output_file_prefix=str(tmp_path / "o1" / "x"), **kw)
+    with pytest.raises(ConversionError, match=r"none of the 1 image files exists \(the first: .*elsewhere/a\.jpg\)"):
+        convert_coco(image_dir=str(tmp_path / "elsewhere"), output_file_prefix=str(tmp_path / "o2" / "x"), **kw)
+    empty = _write(tmp_path, _coco(images=[], annotations=[]), name="empty.json")
+    with pytest.raises(ConversionError, match=r"empty\.json: 'images' is empty: no image to convert"):
+        convert_coco(image_dir=str(tmp_path / "imgs"), output_file_prefix=str(tmp_path / "o3" / "x"),
+                     **dict(kw, object_annotations_file=empty))
+    assert not list(tmp_path.glob("o*/x*"))
+    r = subprocess.run([sys.executable, "-m", "data_tools.create_coco_tfrecord", f"--image_dir={tmp_path / 'elsewhere'}",
+                        f"--object_annotations_file={ann}", f"--output_file_prefix={tmp_path / 'o4' / 'x'}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 1 and "none of the 1 image files exists" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name,what", [("../a.jpg", "escapes"), ("sub/../../a.jpg", "escapes"),
+                                       ("/etc/passwd", "is an absolute path"), ("..\\a.jpg", "escapes"),
+                                       ("C:\\x\\a.jpg", "is an absolute path")])
+def test_file_name_escaping_the_image_dir_is_an_error(tmp_path, name, what):
+    path = _write(tmp_path, _coco(images=[{"id": 1, "file_name": "a.jpg"}, {"id": 7, "file_name": name}]))
+    with pytest.raises(ConversionError) as err:
+        parse_coco(path, str(tmp_path / "imgs"), skips=SkipReport())
+    assert str(err.value).startswith(f"{path}: images[1] (id 7): file_name {name!r} {what}")
+    assert "--image_dir" in str(err.value)
+
+
+def test_cli_script_module_and_console_script(tmp_path, console_script):
     from PIL import Image
 
     Image.new("RGB", (10, 10), (9, 9, 9)).save(tmp_path / "a.jpg")
     ann = _write(tmp_path, _coco(annotations=[_ann(1), _ann(2, bbox=[4, 4, 0, 3])]))
     flags = [f"--image_dir={tmp_path}", f"--object_annotations_file={ann}", "--num_shards=2", "--num_processes=2"]
+    console, env = console_script("create_coco_tfrecord")  # setup.py's entry point, run as pip's stub runs it
     runs = {
         "script": [sys.executable, str(REPO / "data_tools" / "create_coco_tfrecord.py")],
         "module": [sys.executable, "-m", "data_tools.create_coco_tfrecord"],
+        "console": console,
     }
     outputs = {}
     for name, cmd in runs.items():
         r = subprocess.run(cmd + flags + [f"--output_file_prefix={tmp_path / name / 'x'}"], capture_output=True,
-                           text=True, cwd=REPO if name == "module" else tmp_path, timeout=120)
+                           text=True, cwd=REPO if name == "module" else tmp_path, timeout=120,
+                           env=env if name == "console" else None)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "wrote 1 images, 1 objects in 2 shards; skipped {'box': 1}" in r.stderr
         outputs[name] = [(tmp_path / name / f"x-{k:05d}-of-00002.tfrecord").read_bytes() for k in range(2)]
-    assert outputs["script"] == outputs["module"]
-    from data_tools import create_coco_tfrecord
-
-    assert callable(create_coco_tfrecord.run)  # setup.py's console-script entry point
+    assert outputs["script"] == outputs["module"] == outputs["console"]
     r = subprocess.run(runs["script"] + flags + ["--strict", f"--output_file_prefix={tmp_path / 's' / 'x'}"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 1 and "annotation id 2" in r.stderr and "zero-size box" in r.stderr

@@ -91,3 +91,63 @@ def test_cli_json_and_render(shards, tmp_path):
     stats = json.loads(proc.stdout)
     assert stats["num_images"] == 3 and stats["objects_per_class"] == {"ring": 2, "star": 1}
     assert len([f for f in os.listdir(tmp_path) if f.endswith(".png")]) == 1
+
+
+def _corrupt_in_the_middle(path):
+    """A JPEG whose header is fine and which ends with EOI, with a bogus marker in the middle of its scan:
+    it passes the converter's default header check, PIL and tf.io.decode_image reject it."""
+    rgb = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(path, "JPEG")
+    data = open(path, "rb").read()
+    mid = (data.index(b"\xff\xda") + len(data)) // 2
+    with open(path, "wb") as f:
+        f.write(data[:mid] + b"\xff\xc4\x00\x03\x00" + data[mid + 5:])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corrupt_shard(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("corrupt")
+    records = []
+    for i in range(3):
+        path = str(tmp / f"im{i}.jpg")
+        if i == 1:
+            _corrupt_in_the_middle(path)
+        else:
+            Image.new("RGB", (80, 60), (100, 100, 100)).save(path)
+        records.append(ImageRecord(image_path=path, source_id=f"im{i}", filename=f"im{i}.jpg", height=60, width=80,
+                                   objects=[]))
+    prefix = str(tmp / "out" / "c")
+    meta = writer.convert(records, output_prefix=prefix, num_shards=1, num_processes=1, label_map=LABEL_MAP,
+                          skips=SkipReport(), source={"format": "test"}, progress=False)
+    assert meta["num_images"] == 3  # the header check lets it through
+    return tmp, prefix
+
+
+def test_render_names_a_record_whose_image_does_not_decode(corrupt_shard, tmp_path):
+    _, prefix = corrupt_shard
+    problems = []
+    paths = inspect.render_examples(prefix + "-*.tfrecord", 3, str(tmp_path / "viz"), on_error=problems.append)
+    assert [os.path.basename(p) for p in paths] == ["0000_im0.png", "0002_im2.png"]  # the others still drawn
+    (msg,) = problems
+    assert "c-00000-of-00001.tfrecord record 1" in msg and "source_id 'im1'" in msg and "'im1.jpg'" in msg
+    assert "does not decode" in msg and "function_node" not in msg
+
+
+def test_cli_render_with_a_corrupt_image_fails_naming_the_record(corrupt_shard, tmp_path):
+    _, prefix = corrupt_shard
+    proc = subprocess.run([sys.executable, "-m", "data_tools.inspect_tfrecord", f"--input_pattern={prefix}-*.tfrecord",
+                           "--render=3", f"--output_dir={tmp_path}"], capture_output=True, text=True, timeout=180,
+                          cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "record 1 (source_id 'im1'" in proc.stderr and "1 record(s) whose image does not decode" in proc.stderr
+    assert "images:                 3" in proc.stdout  # the counts are still printed
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".png")) == ["0000_im0.png", "0002_im2.png"]
+
+
+def test_a_damaged_shard_is_an_error_naming_file_and_record(shards, tmp_path):
+    _, prefix = shards
+    data = open(prefix + "-00000-of-00002.tfrecord", "rb").read()
+    (tmp_path / "d-00000-of-00001.tfrecord").write_bytes(data[:-10])  # the second record truncated
+    with pytest.raises(inspect.DamagedRecords, match=r"d-00000-of-00001\.tfrecord record 1: cannot be read"):
+        inspect.inspect_records(str(tmp_path / "d-*.tfrecord"))

@@ -160,15 +160,17 @@ def test_csv_empty_rows_and_unknown_names(data):
     assert skips.entries[0]["where"].endswith("a.csv line 3")
 
 
-@pytest.mark.parametrize("how", ["script", "module"])
-def test_cli(data, how):
+@pytest.mark.parametrize("how", ["script", "module", "console"])
+def test_cli(data, how, console_script):
     tmp_path, img = data
     anno = write(tmp_path, "a.jpg 1,2,30,40,0\n")
     cmd = {"script": [sys.executable, os.path.join(REPO, "data_tools", "create_txt_tfrecord.py")],
-           "module": [sys.executable, "-m", "data_tools.create_txt_tfrecord"]}[how]
+           "module": [sys.executable, "-m", "data_tools.create_txt_tfrecord"]}.get(how)
     args = [f"--anno_path={anno}", f"--image_dir={img}", f"--label_map={tmp_path / 'classes.txt'}",
             f"--output_file_prefix={tmp_path / 'cli'}", "--num_shards=1"]
     env = dict(os.environ, PYTHONPATH=REPO)
+    if how == "console":  # setup.py's entry point, run as pip's stub runs it
+        cmd, env = console_script("create_txt_tfrecord")
     proc = subprocess.run(cmd + args, cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.load(open(tmp_path / "cli.meta.json"))["num_objects"] == 1
@@ -176,3 +178,37 @@ def test_cli(data, how):
     proc = subprocess.run(cmd + args + ["--strict"], cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
                           env=env)
     assert proc.returncode == 1 and "train.txt line 1 box 0" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["lines", "csv"])
+def test_validation_split_reuses_the_training_sidecar_label_map(data, fmt):
+    """--label_map=train.meta.json: val gets train's ids. csv: val's own class file orders the names
+    differently (and lacks one), which would shift the ids; lines: the class index k means train's k-th class."""
+    tmp_path, img = data
+    if fmt == "csv":
+        (tmp_path / "train_classes.csv").write_text("cat,0\ndog,1\nbird,2\n")
+        (tmp_path / "val_classes.csv").write_text("bird,0\ndog,1\n")
+        (tmp_path / "train.csv").write_text("a.jpg,1,2,30,40,dog\nsub/b.png,1,1,9,9,bird\n")
+        (tmp_path / "val.csv").write_text("sub/b.png,1,1,9,9,bird\na.jpg,1,2,30,40,dog\n")
+        train_map, train_anno, val_anno = tmp_path / "train_classes.csv", tmp_path / "train.csv", tmp_path / "val.csv"
+    else:
+        train_map, train_anno = tmp_path / "classes.txt", write(tmp_path, "a.jpg 1,2,30,40,1\nsub/b.png 1,1,9,9,2\n")
+        (tmp_path / "val.txt").write_text("sub/b.png 1,1,9,9,2\na.jpg 1,2,30,40,1\n")
+        val_anno = tmp_path / "val.txt"
+    train = txt.convert_txt(anno_path=str(train_anno), image_dir=str(img), label_map=str(train_map), fmt=fmt,
+                            output_file_prefix=str(tmp_path / "out" / "train"), num_shards=1, num_processes=1,
+                            progress=False)
+    assert [e["name"] for e in train["label_map"]] == ["cat", "dog", "bird"]
+    if fmt == "csv":  # what the val class file alone would give: other ids
+        _, own = txt.build_records(str(val_anno), str(img), str(tmp_path / "val_classes.csv"), skips=SkipReport(),
+                                   fmt="csv")
+        assert own == {1: "bird", 2: "dog"}
+    proc = subprocess.run([sys.executable, "-m", "data_tools.create_txt_tfrecord", f"--anno_path={val_anno}",
+                           f"--image_dir={img}", f"--label_map={tmp_path / 'out' / 'train.meta.json'}",
+                           f"--format={fmt}", f"--output_file_prefix={tmp_path / 'out' / 'val'}", "--num_shards=1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    val = json.loads((tmp_path / "out" / "val.meta.json").read_text())
+    assert val["label_map"] == train["label_map"]
+    got = {e["source_id"]: (e["classes"], e["texts"]) for e in read_examples(str(tmp_path / "out" / "val"))}
+    assert got == {"sub/b": ([3], ["bird"]), "a": ([2], ["dog"])}

@@ -240,10 +240,17 @@ def test_malformed_xml_skips_the_image_or_fails_under_strict(loose):
 
 def test_entity_expansion_is_refused_as_malformed(loose):
     tmp_path, ann, img = loose
-    (ann / "bomb.xml").write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxx">]>'
-                                  "<annotation><filename>&x;</filename></annotation>")
+    # The entity expands to a valid file name and the object is valid: only defusedxml stops this file.
+    bomb = ann / "bomb.xml"
+    bomb.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "a.jpg">]>'
+                    "<annotation><filename>&x;</filename><object><name>cat</name><bndbox><xmin>1</xmin>"
+                    "<ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    assert ET.parse(bomb).getroot().findtext("filename") == "a.jpg"  # the standard parser would convert it
     meta = convert(tmp_path, ann, img)
-    assert [s["where"].endswith("bomb.xml") for s in meta["skipped"]] == [True]
+    assert meta["num_images"] == 1 and meta["num_objects"] == 1  # a.xml only
+    (skip,) = meta["skipped"]
+    assert skip["kind"] == "image" and skip["where"].endswith("bomb.xml")
+    assert skip["reason"].startswith("malformed XML (EntitiesForbidden"), skip["reason"]
 
 
 @pytest.mark.parametrize("filename", ["../a.jpg", "sub/../../a.jpg", "/etc/passwd", "..\\a.jpg", "C:\\x\\a.jpg"])
@@ -254,17 +261,66 @@ def test_filename_escaping_the_image_dir_is_an_error_naming_the_xml(loose, filen
         convert(tmp_path, ann, img)
 
 
-def test_unknown_class_skips_the_box_or_fails_under_strict(loose):
+def test_unknown_class_is_an_error_listing_the_names_or_a_counted_skip(loose):
     tmp_path, ann, img = loose
-    _xml(str(ann / "a.xml"), "a.jpg", [("cat", (1, 1, 10, 10), 0), ("unicorn", (2, 2, 8, 8), 0)])
-    meta = convert(tmp_path, ann, img)
-    assert meta["num_objects"] == 1
-    (skip,) = meta["skipped"]
+    _xml(str(ann / "a.xml"), "a.jpg", [("cat", (1, 1, 10, 10), 0), ("unicorn", (2, 2, 8, 8), 0),
+                                        ("emu", (2, 2, 8, 8), 0), ("unicorn", (3, 3, 8, 8), 0)])
+    with pytest.raises(ConversionError) as err:
+        convert(tmp_path, ann, img)
+    msg = str(err.value)
+    assert "3 objects of 2 classes not in the label map (the 20 VOC classes): 'emu' (1), 'unicorn' (2)" in msg
+    assert "a.xml object 1" in msg and "--label_map=discover" in msg and "label map file" in msg
+    assert "--skip_unknown_classes" in msg
+    assert not (tmp_path / "out").exists()  # nothing written
+    meta = convert(tmp_path, ann, img, skip_unknown_classes=True)  # counted skips, as before
+    assert meta["num_objects"] == 1 and meta["skipped_counts"] == {"box": 3}
+    skip = meta["skipped"][0]
     assert skip["where"].endswith("a.xml object 1") and "'unicorn' is not in the label map" in skip["reason"]
     with pytest.raises(ConversionError, match=r"a\.xml object 1.*unicorn"):
-        convert(tmp_path, ann, img, strict=True)
+        convert(tmp_path, ann, img, strict=True, skip_unknown_classes=True)
     meta = convert(tmp_path, ann, img, label_map="discover")  # discovered names: sorted
-    assert meta["label_map"] == [{"id": 1, "name": "cat"}, {"id": 2, "name": "unicorn"}] and meta["num_objects"] == 2
+    assert [e["name"] for e in meta["label_map"]] == ["cat", "emu", "unicorn"] and meta["num_objects"] == 4
+
+
+def test_bccd_with_the_default_voc_label_map_is_an_error(shared_data, tmp_path):
+    """BCCD (RBC/WBC/Platelets) with the default 20-class map used to become 364 images without objects and
+    exit 0; the README's VOC command line on it now says what to do."""
+    cmd = [sys.executable, "-m", "data_tools.create_voc_tfrecord", f"--data_dir={shared_data / 'bccd'}",
+           "--year=BCCD", "--set=trainval", f"--output_file_prefix={tmp_path / 'bccd'}", "--num_shards=2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "classes not in the label map (the 20 VOC classes): 'Platelets' (" in proc.stderr
+    assert "'RBC' (" in proc.stderr and "'WBC' (" in proc.stderr and "--label_map=discover" in proc.stderr
+    assert not list(tmp_path.iterdir())
+    proc = subprocess.run(cmd + ["--label_map=discover"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "bccd.meta.json").read_text())
+    assert [e["name"] for e in meta["label_map"]] == ["Platelets", "RBC", "WBC"] and meta["num_objects"] > 3000
+
+
+def test_validation_split_reuses_the_training_sidecar_label_map(tmp_path):
+    """discover on train, then val with --label_map=train.meta.json: the same ids, although val lacks a class
+    (discover on val alone would shift them) and lists its names in another order."""
+    for split, objects in (("train", [("dog", (1, 1, 9, 9), 0), ("cat", (2, 2, 9, 9), 0), ("emu", (3, 3, 9, 9), 0)]),
+                           ("val", [("emu", (1, 1, 9, 9), 0), ("dog", (2, 2, 9, 9), 0)])):
+        _jpeg(str(tmp_path / split / "img" / "a.jpg"))
+        _xml(str(tmp_path / split / "ann" / "a.xml"), "a.jpg", objects)
+    kw = dict(num_shards=1, num_processes=1, progress=False)
+    train = voc.convert_voc(output_file_prefix=str(tmp_path / "out" / "train"), annotations_dir=str(tmp_path / "train" / "ann"),
+                            images_dir=str(tmp_path / "train" / "img"), label_map="discover", **kw)
+    assert train["label_map"] == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "emu"}]
+    alone = voc.convert_voc(output_file_prefix=str(tmp_path / "alone" / "val"), annotations_dir=str(tmp_path / "val" / "ann"),
+                            images_dir=str(tmp_path / "val" / "img"), label_map="discover", **kw)
+    assert alone["label_map"] == [{"id": 1, "name": "dog"}, {"id": 2, "name": "emu"}]  # the shift the sidecar avoids
+    cmd = [sys.executable, "-m", "data_tools.create_voc_tfrecord", f"--annotations_dir={tmp_path / 'val' / 'ann'}",
+           f"--images_dir={tmp_path / 'val' / 'img'}", f"--label_map={tmp_path / 'out' / 'train.meta.json'}",
+           f"--output_file_prefix={tmp_path / 'out' / 'val'}", "--num_shards=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    val = json.loads((tmp_path / "out" / "val.meta.json").read_text())
+    assert val["label_map"] == train["label_map"]
+    (ex,) = read_examples(str(tmp_path / "out" / "val"))
+    assert ex["texts"] == ["emu", "dog"] and ex["labels"] == [3, 2]
 
 
 def test_label_map_file_sets_ids(loose):
@@ -351,22 +407,20 @@ def test_devkit_layout_merges_years_and_refuses_duplicate_ids(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["script", "module", "console"])
-def test_cli_entry_points(loose, how):
+def test_cli_entry_points(loose, how, console_script):
     tmp_path, ann, img = loose
     prefix = str(tmp_path / "cli" / how)
     args = [f"--annotations_dir={ann}", f"--images_dir={img}", f"--output_file_prefix={prefix}", "--num_shards=1"]
+    env = dict(os.environ, PYTHONPATH=REPO if how == "module" else os.environ.get("PYTHONPATH", ""))
     cmd = {"script": [sys.executable, os.path.join(REPO, "data_tools", "create_voc_tfrecord.py")],
-           "module": [sys.executable, "-m", "data_tools.create_voc_tfrecord"],
-           "console": [os.path.join(os.path.dirname(sys.executable), "create_voc_tfrecord")]}[how]
-    if how == "console" and not os.path.exists(cmd[0]):
-        pytest.skip("package not installed (pip install -e .)")
-    proc = subprocess.run(cmd + args, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=REPO if how == "module" else os.environ.get("PYTHONPATH", "")))
+           "module": [sys.executable, "-m", "data_tools.create_voc_tfrecord"]}.get(how)
+    if how == "console":  # setup.py's entry point, run as pip's stub runs it
+        cmd, env = console_script("create_voc_tfrecord")
+    proc = subprocess.run(cmd + args, cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.load(open(prefix + ".meta.json"))["num_objects"] == 1
     _xml(str(ann / "evil.xml"), "../x.jpg", [])
-    proc = subprocess.run(cmd + args, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=REPO if how == "module" else os.environ.get("PYTHONPATH", "")))
+    proc = subprocess.run(cmd + args, cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1 and "evil.xml" in proc.stderr
     os.remove(ann / "evil.xml")
 

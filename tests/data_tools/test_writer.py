@@ -29,10 +29,10 @@ def _obj(x0, y0, x1, y1, label=1, **kw):
     return ObjectAnnotation(x0, y0, x1, y1, label=label, text={1: "cat", 2: "dog"}.get(label, "?"), **kw)
 
 
-def _convert(records, prefix, strict=False, num_shards=2, num_processes=1, **kw):
+def _convert(records, prefix, strict=False, num_shards=2, num_processes=1, progress=False, **kw):
     return writer.convert(records, output_prefix=str(prefix), num_shards=num_shards, num_processes=num_processes,
                           label_map={1: "cat", 2: "dog"}, skips=SkipReport(strict=strict), source={"test": True},
-                          progress=False, **kw)
+                          progress=progress, **kw)
 
 
 def _examples(prefix, num_shards=2):
@@ -129,7 +129,7 @@ def test_bad_images_and_boxes_are_skipped_with_reasons(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "box", "truncated"])
-def test_strict_turns_skips_into_errors_naming_the_file(tmp_path, case):
+def test_strict_turns_skips_into_errors_naming_the_file(tmp_path, case, capsys):
     good = _image(tmp_path / "good.jpg")
     recs = [ImageRecord(good, str(i), "good.jpg", 30, 40, [_obj(1, 1, 5, 5)], where=f"ann.json image {i}")
             for i in range(4)]
@@ -144,10 +144,14 @@ def test_strict_turns_skips_into_errors_naming_the_file(tmp_path, case):
         _convert(recs, tmp_path / "out" / "x", strict=True, num_shards=4)
     msg = str(err.value)
     assert {"missing": "nope.jpg", "box": "annotation 17", "truncated": "t.jpg"}[case] in msg
-    finished = list((tmp_path / "out").glob("x-*-of-*.tfrecord"))
-    if case != "truncated":  # checked before any shard is written
-        assert finished == []
+    # "truncated" fails in shard 3 after shards 0-2 are written: none of them has a final name
+    assert list((tmp_path / "out").glob("x-*-of-*.tfrecord")) == []
     assert not list((tmp_path / "out").rglob("*.incomplete"))
+    if case == "truncated":  # the image fixed, a rerun reuses the three finished shards
+        (tmp_path / "t.jpg").write_bytes(pathlib.Path(good).read_bytes())
+        capsys.readouterr()
+        meta = _convert(recs, tmp_path / "out" / "x", strict=True, num_shards=4, progress=True)
+        assert "reusing 3 finished shard" in capsys.readouterr().err and meta["num_images"] == 4
 
 
 def test_duplicate_source_ids_and_bad_arguments(tmp_path):
@@ -191,10 +195,11 @@ def test_formats_and_verify_full(tmp_path):
     data = pathlib.Path(paths["gray"]).read_bytes()
     sos = data.index(b"\xff\xda")
     (tmp_path / "bad.jpg").write_bytes(data[: sos + 4] + b"\x09" * 8 + data[sos + 12:])
-    recs = [ImageRecord(str(tmp_path / "bad.jpg"), "bad", "bad.jpg", 30, 40, [])]
-    assert _convert(recs, tmp_path / "h" / "x", num_shards=1)["num_images"] == 1
+    recs = [ImageRecord(str(tmp_path / "bad.jpg"), "bad", "bad.jpg", 30, 40, []),
+            ImageRecord(paths["gray"], "good", "g.jpg", 30, 40, [])]
+    assert _convert(recs, tmp_path / "h" / "x", num_shards=1)["num_images"] == 2
     meta = _convert(recs, tmp_path / "f" / "x", num_shards=1, verify_images="full")
-    assert meta["num_images"] == 0 and "full verification" in meta["skipped"][0]["reason"]
+    assert meta["num_images"] == 1 and "full verification" in meta["skipped"][0]["reason"]
 
 
 def test_converters_do_not_import_tensorflow():
@@ -232,32 +237,31 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path):
     ref = {p.name: p.read_bytes() for p in (tmp_path / "ref").iterdir()}
 
     out = tmp_path / "out"
-    finals = [out / f"x-{k:05d}-of-00004.tfrecord" for k in range(4)]
+    work = out / ".x.convert"
+    finished = work / "x-00000-of-00004.tfrecord"
     env = dict(os.environ, **{writer.DELAY_ENV: "0.1"})  # 6 images per shard: ~0.6 s per shard
     proc = subprocess.Popen(_cli(img_dir, ann_file, out / "x"), env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    while not finals[0].exists():
-        for f in finals:  # a final name only ever holds complete, correct content
-            if f.exists():
-                assert f.read_bytes() == ref[f.name]
+    while not (work / "x-00000-of-00004.tfrecord.done.json").exists():
+        # final names appear only when the whole job is done
+        assert not [p for p in out.iterdir() if p.name.startswith("x")] if out.exists() else True
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    present = sorted(p.name for p in out.iterdir() if p.name.startswith("x"))
-    assert present == [finals[0].name]  # no sidecar, no other final-named shard
-    assert finals[0].read_bytes() == ref[finals[0].name]
-    assert list((out / ".x.convert").glob("*.incomplete"))  # the shard in progress stayed temporary
-    mtime = finals[0].stat().st_mtime_ns
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("x")) == []  # no sidecar, no final shard
+    assert finished.read_bytes() == ref[finished.name]
+    assert list(work.glob("*.incomplete"))  # the shard in progress stayed temporary
+    mtime = finished.stat().st_mtime_ns
 
     rerun = subprocess.run(_cli(img_dir, ann_file, out / "x", num_processes=2), cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "reusing 1 finished shard" in rerun.stderr
-    assert finals[0].stat().st_mtime_ns == mtime
+    assert (out / finished.name).stat().st_mtime_ns == mtime  # moved into place, not rewritten
     assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == ref
-    assert not (out / ".x.convert").exists()
+    assert not work.exists()
 
 
 def test_rerun_rewrites_a_damaged_finished_shard(tmp_path, monkeypatch, capsys):
@@ -268,12 +272,13 @@ def test_rerun_rewrites_a_damaged_finished_shard(tmp_path, monkeypatch, capsys):
     convert_coco(output_file_prefix=str(tmp_path / "ref" / "x"), progress=False, **kw)
     # a run that dies after both shards are finished, before the sidecar: done-markers stay behind
     with monkeypatch.context() as m:
-        m.setattr(writer, "_sidecar", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        m.setattr(writer.job, "build_sidecar", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             convert_coco(output_file_prefix=str(tmp_path / "out" / "x"), progress=False, **kw)
     assert len(list((tmp_path / "out" / ".x.convert").glob("*.done.json"))) == 2
     assert not (tmp_path / "out" / "x.meta.json").exists()
-    damaged = tmp_path / "out" / "x-00000-of-00002.tfrecord"
+    assert not list((tmp_path / "out").glob("x-*.tfrecord"))  # nothing published by a failed run
+    damaged = tmp_path / "out" / ".x.convert" / "x-00000-of-00002.tfrecord"
     b = bytearray(damaged.read_bytes())
     b[200] ^= 0xFF  # one flipped bit inside the image bytes of the first record
     damaged.write_bytes(bytes(b))
@@ -284,3 +289,155 @@ def test_rerun_rewrites_a_damaged_finished_shard(tmp_path, monkeypatch, capsys):
     assert "reusing 1 finished shard" in capsys.readouterr().err  # shard 1 reused, shard 0 rewritten
     for name in ("x-00000-of-00002.tfrecord", "x-00001-of-00002.tfrecord", "x.meta.json"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+
+
+def test_run_killed_between_publishing_shards_and_the_sidecar_resumes(tmp_path, monkeypatch, capsys):
+    """Shards already moved to their final names by a run that died before writing its sidecar are checked
+    against their done-markers and reused (not rewritten)."""
+    img_dir, ann_file = _coco_job(tmp_path, n=8)
+    from data_tools.create_coco_tfrecord import convert_coco
+
+    kw = dict(image_dir=str(img_dir), object_annotations_file=str(ann_file), num_shards=2, num_processes=1)
+    convert_coco(output_file_prefix=str(tmp_path / "ref" / "x"), progress=False, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(writer.job, "_write_sidecar", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            convert_coco(output_file_prefix=str(tmp_path / "out" / "x"), progress=False, **kw)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".x.convert", "x-00000-of-00002.tfrecord", "x-00001-of-00002.tfrecord"]
+    capsys.readouterr()
+    convert_coco(output_file_prefix=str(tmp_path / "out" / "x"), progress=True, **kw)
+    assert "reusing 2 finished shard" in capsys.readouterr().err
+    for name in ("x-00000-of-00002.tfrecord", "x-00001-of-00002.tfrecord", "x.meta.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    assert not (tmp_path / "out" / ".x.convert").exists()
+
+
+def test_reconverting_with_another_shard_count_removes_the_old_shards(tmp_path, capsys):
+    recs = [ImageRecord(_image(tmp_path / f"{i}.jpg", seed=i), str(i), f"{i}.jpg", 30, 40, [_obj(1, 1, 9, 9)])
+            for i in range(6)]
+    out = tmp_path / "out"
+    _convert(recs, out / "x", num_shards=4)
+    _convert(recs, out / "xy", num_shards=1)  # another prefix that starts alike: left alone
+    (out / "x-extra-00000-of-00001.tfrecord").write_bytes(b"not ours")
+    capsys.readouterr()
+    meta = _convert(recs, out / "x", num_shards=2)
+    err = capsys.readouterr().err
+    assert "removed 4 stale shard(s) of an earlier run with --num_shards=4" in err
+    shards = sorted(p.name for p in out.glob("x-*.tfrecord"))
+    assert shards == ["x-00000-of-00002.tfrecord", "x-00001-of-00002.tfrecord", "x-extra-00000-of-00001.tfrecord"]
+    assert [s["file"] for s in meta["shards"]] == shards[:2]  # the sidecar lists exactly the shards written
+    assert sum(s["num_records"] for s in meta["shards"]) == meta["num_images"] == 6
+    assert (out / "xy-00000-of-00001.tfrecord").exists() and (out / "xy.meta.json").exists()
+
+
+def test_nothing_to_convert_is_an_error(tmp_path):
+    with pytest.raises(ConversionError, match="no images to convert"):
+        _convert([], tmp_path / "out" / "x")
+    recs = [ImageRecord(str(tmp_path / "gone" / f"{i}.jpg"), str(i), f"{i}.jpg", 30, 40, []) for i in range(3)]
+    with pytest.raises(ConversionError, match=r"none of the 3 image files exists .*gone/0\.jpg.*image directory"):
+        _convert(recs, tmp_path / "out" / "x")
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_bytes(b"not an image")
+    recs = [ImageRecord(str(tmp_path / f"{i}.txt"), str(i), f"{i}.txt", 30, 40, []) for i in range(3)]
+    with pytest.raises(ConversionError, match=r"no image could be used: all 3 were skipped \(the first: .*0\.txt"):
+        _convert(recs, tmp_path / "out" / "x")
+    assert not list((tmp_path / "out").glob("x*"))
+
+
+def test_output_prefix_that_cannot_be_created_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    recs = [ImageRecord(_image(tmp_path / "a.jpg"), "a", "a.jpg", 30, 40, [])]
+    with pytest.raises(ValueError, match=r"output_prefix .*file/sub/x: cannot create the output directory: "
+                                         r".*file is not a directory"):
+        _convert(recs, tmp_path / "file" / "sub" / "x")
+    with pytest.raises(ValueError, match="ends with a directory separator"):
+        _convert(recs, str(tmp_path / "out") + "/")
+
+
+# ------------------------------------------------------------------------------------- interruptions
+
+def _children(pid: int) -> list:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _start_slow_run(tmp_path, num_processes=2, new_session=False):
+    img_dir, ann_file = _coco_job(tmp_path)
+    from data_tools.create_coco_tfrecord import convert_coco
+
+    convert_coco(image_dir=str(img_dir), object_annotations_file=str(ann_file),
+                 output_file_prefix=str(tmp_path / "ref" / "x"), num_shards=4, num_processes=2, progress=False)
+    env = dict(os.environ, **{writer.DELAY_ENV: "0.1"})  # 6 images per shard: ~0.6 s per shard
+    proc = subprocess.Popen(_cli(img_dir, ann_file, tmp_path / "out" / "x", num_processes=num_processes), env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+    return img_dir, ann_file, proc
+
+
+def _wait_for(proc, path_glob, deadline_s=60):
+    deadline = time.time() + deadline_s
+    while not list(path_glob()):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.01)
+
+
+def test_killed_worker_fails_fast_and_a_rerun_completes_identically(tmp_path):
+    """A worker SIGKILLed mid-run (as the out-of-memory killer does): the converter exits non-zero within
+    seconds naming what happened, publishes nothing, and a rerun reuses the finished shards."""
+    img_dir, ann_file, proc = _start_slow_run(tmp_path)
+    work = tmp_path / "out" / ".x.convert"
+    _wait_for(proc, lambda: work.glob("*.done.json") if work.exists() else [])
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    t = time.time()
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert time.time() - t < 10 and proc.returncode == 1, err  # a bound against hanging, not a timing
+    assert f"worker process {workers[0]}" in err and "killed by SIGKILL" in err and "out-of-memory" in err
+    assert "rerun the same command" in err and "Traceback" not in err
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith("x")]
+    assert not list(work.glob("*.incomplete"))
+    time.sleep(0.2)
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]  # the other worker stopped too
+
+    rerun = subprocess.run(_cli(img_dir, ann_file, tmp_path / "out" / "x", num_processes=2), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "reusing" in rerun.stderr
+    ref = {p.name: p.read_bytes() for p in (tmp_path / "ref").iterdir()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")} == ref
+
+
+@pytest.mark.parametrize("num_processes,target", [(1, "parent"), (2, "parent"), (2, "process group")])
+def test_sigint_stops_the_converter_promptly(tmp_path, num_processes, target):
+    """SIGINT to the converter alone, or to its whole process group as Ctrl-C in a terminal sends it."""
+    _, _, proc = _start_slow_run(tmp_path, num_processes=num_processes, new_session=target == "process group")
+    work = tmp_path / "out" / ".x.convert"
+    _wait_for(proc, lambda: work.glob("*.incomplete") if work.exists() else [])
+    workers = _children(proc.pid)
+    if target == "parent":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    t = time.time()
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert time.time() - t < 10 and proc.returncode == 130, err  # a bound against hanging, not a timing
+    assert err.strip().splitlines()[-1].startswith("interrupted") and "Traceback" not in err
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith("x")]
+    assert not list(work.glob("*.incomplete"))
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
