@@ -18,18 +18,38 @@ class FasterRCNNTask(Task):
 
         return RCNNParser(self.cfg.model, max_boxes=self.cfg.data.max_boxes)
 
+    def _on_canvas(self, images, fn):
+        """``fn(images)`` with the batch's static canvas shape. Batches of both orientations come through one
+        input pipeline, so their height and width are not static there; a ``tf.cond`` on the orientation runs
+        ``fn`` traced once per canvas (two static-shape graphs, gradients included)."""
+        if images.shape[1] is not None and images.shape[2] is not None:
+            return fn(images)
+        parser = self.make_parser(False)
+        landscape, portrait = parser.canvas[0], parser.canvas[1]
+        batch = images.shape[0]
+        is_landscape = tf.shape(images)[1] <= tf.shape(images)[2]
+        return tf.cond(is_landscape, lambda: fn(tf.ensure_shape(images, [batch, *landscape, 3])),
+                       lambda: fn(tf.ensure_shape(images, [batch, *portrait, 3])))
+
     def compute_losses(self, model, images, labels):
         """The model's losses on a padded batch. Anchor and RoI sampling draw from a stateless seed derived from
         the first example's position in the data stream (``labels["seed"]``), so each replica samples
         differently and a resumed run draws exactly the samples an uninterrupted one does."""
         image_shape = tf.cast(labels["image_info"][:, 1], tf.int32)  # the resized image inside the canvas
         seed = tf.random.experimental.stateless_fold_in(tf.cast(labels["seed"][0], tf.int64), 1)
-        losses = model.compute_losses(images, image_shape, labels["boxes"], labels["classes"], labels["num_boxes"],
-                                      seed)
-        return {k: tf.cast(losses[k], tf.float32) for k in self.loss_names}
+
+        def losses(canvas):
+            out = model.compute_losses(canvas, image_shape, labels["boxes"], labels["classes"], labels["num_boxes"],
+                                       seed)
+            return {k: tf.cast(out[k], tf.float32) for k in self.loss_names}
+
+        return self._on_canvas(images, losses)
 
     def detect(self, model, images, image_info):
-        out = model({"images": images, "image_shape": tf.cast(image_info[:, 1], tf.int32)}, training=False)
-        return {"boxes": out["detection_boxes"], "scores": out["detection_scores"],
-                "classes": tf.cast(out["detection_classes"], tf.int32),
-                "num_detections": tf.cast(out["num_detections"], tf.int32)}
+        def detections(canvas):
+            out = model({"images": canvas, "image_shape": tf.cast(image_info[:, 1], tf.int32)}, training=False)
+            return {"boxes": out["detection_boxes"], "scores": out["detection_scores"],
+                    "classes": tf.cast(out["detection_classes"], tf.int32),
+                    "num_detections": tf.cast(out["num_detections"], tf.int32)}
+
+        return self._on_canvas(images, detections)
