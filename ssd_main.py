@@ -25,6 +25,9 @@ _PATHS = {
                                          "label_map", "num_train_images", "max_boxes", "shuffle_buffer")},
     "num_classes": "model.num_classes",
     "width_multiplier": "model.width_multiplier",
+    "min_size": "model.min_size",
+    "max_size": "model.max_size",
+    "trainable_backbone_layers": "model.backbone.trainable_layers",
     "loss_normalization": "model.loss_normalization",
     "score_threshold": "model.postprocess.score_threshold",
     "nms_iou_threshold": "model.postprocess.iou_threshold",
@@ -69,6 +72,39 @@ def _flag_values() -> dict:
             raise _usage_error("pass --backbone_checkpoint or its alias --resnet_checkpoint, not both")
         out[path] = value
     return out
+
+
+def _params_override(items: list) -> dict:
+    """--params_override 'a.b=1,c.d=[1, 2]' (repeatable) -> {dotted path: value}; values parsed as YAML."""
+    import yaml
+
+    from ssd_tf.run import UsageError
+
+    out = {}
+    for item in items:
+        for part in _split_top_level(item):
+            if "=" not in part:
+                raise UsageError(f"--params_override={item}: '{part}' is not path=value")
+            path, text = (t.strip() for t in part.split("=", 1))
+            try:
+                out[path] = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError:
+                raise UsageError(f"--params_override={item}: cannot read the value of {path}: {text!r}") from None
+    return out
+
+
+def _split_top_level(text: str) -> list:
+    """Splits at commas outside brackets ('a=[1, 2],b=3' -> ['a=[1, 2]', 'b=3'])."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p.strip() for p in parts + [current] if p.strip()]
 
 
 def _in_flag_terms(message: str, values: dict) -> str:
@@ -124,6 +160,13 @@ def build_config():
             config_lib.merge(cfg, file_values)
         except config_lib.ConfigError as e:
             raise UsageError(f"--config_file={FLAGS.config_file}: {e}") from None
+    overrides = _params_override(FLAGS.params_override or [])
+    for path, value in overrides.items():
+        try:
+            config_lib.set_value(cfg, path, value)
+        except config_lib.ConfigError as e:
+            raise UsageError(f"--params_override {path}={value}: {e}") from None
+    file_values = {**(file_values or {}), **{p: v for p, v in overrides.items()}}
     values = _flag_values()
     if FLAGS.mode in _TRAINED_MODES:
         values = {p: v for p, v in values.items() if not p.startswith(_TRAIN_ONLY)}

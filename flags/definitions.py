@@ -26,7 +26,14 @@ def define_model_flags():
     flags.DEFINE_string("config_file", None, "Starting config: a saved config.json or a hand-written JSON/YAML "
                         "subset such as {model: {name: ssd_vgg16, postprocess: {score_threshold: 0.1}}, train: "
                         "{momentum: 0.8}}; flags override it.")
+    flags.DEFINE_multi_string("params_override", None, "Config values by dotted path, applied after --config_file: "
+                              "'model.rpn.nms_threshold=0.6,train.momentum=0.8' (values in YAML syntax; repeatable). "
+                              "Every value of config.json can be set this way.")
     flags.DEFINE_integer("num_classes", None, "Classes including background (default: 1 + label-map size).")
+    flags.DEFINE_integer("min_size", None, "Faster R-CNN: shorter image side after resizing (torchvision: 800).")
+    flags.DEFINE_integer("max_size", None, "Faster R-CNN: longer image side at most (torchvision: 1333).")
+    flags.DEFINE_integer("trainable_backbone_layers", None, "Faster R-CNN: ResNet stages trained, 0-5 of layer4, "
+                         "layer3, layer2, layer1, conv1 (torchvision: 3; the rest keep their weights).")
     flags.DEFINE_float("width_multiplier", None, "Scales every channel count (1.0 = the reference model).")
     flags.DEFINE_string("backbone_checkpoint", None, "Weights to start training from: a Keras .weights.h5 of the "
                         "whole model or its backbone (python -m ssd_tf.weights.convert makes one), or a TF checkpoint "
