@@ -329,17 +329,50 @@ def _evaluated(model_dir: str, checkpoint: str) -> bool:
     return any(os.path.basename(h.get("checkpoint", "")) == name for h in history)
 
 
-def load_backbone_weights(model, path: str) -> None:
-    """``train.backbone_checkpoint``: a Keras weights file (whole model or backbone), or a TF checkpoint with the
-    MLPerf ResNet34 variable names."""
-    if path.endswith(".h5"):
-        if not os.path.exists(path):
-            raise UsageError(f"--backbone_checkpoint={path} does not exist")
-        model.load_weights(path, skip_mismatch=False)
-        return
-    from ssd_tf.weights.tf_checkpoint import load_resnet34_from_tf_checkpoint
+def load_backbone_weights(model, path: str, cfg: Optional[Config] = None, log=_print) -> None:
+    """``train.backbone_checkpoint``: a Keras weights file of the whole model or its backbone (the converter's
+    output), or a TF checkpoint with the MLPerf ResNet34 variable names.
 
-    load_resnet34_from_tf_checkpoint(model, path)
+    A whole-model file trained with another class count still starts a fine-tuning run: the class-dependent
+    layers (``model_config.classifier_layers``) keep their initialisation and a message says so; any other
+    layer that does not fit is an error naming it."""
+    if not path.endswith(".h5"):
+        from ssd_tf.weights.tf_checkpoint import load_resnet34_from_tf_checkpoint
+
+        load_resnet34_from_tf_checkpoint(model, path)
+        return
+    if not os.path.exists(path):
+        raise UsageError(f"--backbone_checkpoint={path} does not exist")
+    import re
+
+    import numpy as np
+
+    # Every weight starts as NaN so that the ones the file cannot fill are known exactly afterwards.
+    initial = [np.array(w.numpy(), copy=True) for w in model.weights]
+    for w, value in zip(model.weights, initial):
+        w.assign(np.full_like(value, np.nan))
+    try:
+        model.load_weights(path)
+        return
+    except ValueError as e:
+        if "could not be loaded" not in str(e):
+            for w, value in zip(model.weights, initial):
+                w.assign(value)
+            raise UsageError(f"--backbone_checkpoint={path} does not fit this model: {str(e).splitlines()[0]}") from None
+    finally:
+        kept = []
+        for w, value in zip(model.weights, initial):
+            if np.isnan(np.asarray(w.numpy())).all():
+                w.assign(value)  # not in the file (or of another shape): its initialisation
+                kept.append(w.path)
+    # Keras loaded every weight that fits before raising.
+    allowed = getattr(type(cfg.model), "classifier_layers", ()) if cfg is not None else ()
+    other = [p for p in kept if not any(re.search(pattern, p) for pattern in allowed)]
+    if other:
+        raise UsageError(f"--backbone_checkpoint={path} does not fit this model: {len(other)} weight(s) such as "
+                         f"{', '.join(other[:4])} have other shapes (another architecture or width?)")
+    log(f"{path}: the class-dependent layers ({', '.join(sorted({p.rsplit('/', 1)[0] for p in kept}))}) have another "
+        f"class count there and start from their initialisation; every other weight was loaded")
 
 
 def _dump_weights(model, strategy) -> None:
@@ -374,7 +407,8 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
     options = loop.LoopOptions(total_steps=steps, steps_per_loop=t.steps_per_loop, log_every_steps=t.log_every_steps,
                                checkpoint_every_steps=t.checkpoint_every_steps, keep_checkpoints=t.keep_checkpoints,
                                eval_every_steps=eval_every, xla=t.xla, precision=t.precision)
-    init_fn = (lambda model: load_backbone_weights(model, t.backbone_checkpoint)) if t.backbone_checkpoint else None
+    init_fn = (lambda model: load_backbone_weights(model, t.backbone_checkpoint, cfg, log)) if t.backbone_checkpoint \
+        else None
     trainer = loop.Trainer(task, strategy, model_dir, make_optimizer_fn(cfg, schedule), options, init_fn=init_fn,
                            log_fn=log)
     if trainer.is_chief:

@@ -93,6 +93,8 @@ class FasterRCNNModelConfig:
     architecture_fields: ClassVar[tuple] = ("backbone.depth", "backbone.stride_in_1x1", "width_multiplier",
                                             "num_classes", "fpn_channels", "anchors.sizes", "anchors.aspect_ratios",
                                             "roi.pool_size", "roi.representation_size")
+    # Weights (by path) whose shape follows the class count: a fine-tuning run on other classes re-initialises them.
+    classifier_layers: ClassVar[tuple] = (r"cls_score/", r"bbox_pred/")
 
     family: str = "faster_rcnn"
     name: str = ""  # the preset this config was made from (informational)

@@ -72,6 +72,8 @@ class SSDPostprocess:
 class SSDModelConfig:
     # The fields a trained checkpoint depends on: a model directory keeps them (the others may change on resume).
     architecture_fields: ClassVar[tuple] = ("backbone", "width_multiplier", "num_classes", "image_size", "anchors")
+    # Weights (by path) whose shape follows the class count: a fine-tuning run on other classes re-initialises them.
+    classifier_layers: ClassVar[tuple] = (r"^conf_\d+/",)
 
     family: str = "ssd"
     name: str = ""  # the preset this config was made from (informational)

@@ -48,3 +48,27 @@ def test_eval_uses_the_saved_config_not_todays_preset(tmp_path, monkeypatch):
     assert today.model.postprocess.score_threshold == 0.9
     different = run.evaluate(today)
     assert any(different[k] != pytest.approx(trained[k], abs=1e-9) for k in STATS)
+
+
+def test_fine_tuning_from_a_model_with_another_class_count(tmp_path):
+    import keras
+    import numpy as np
+
+    import ssd_tf
+
+    source = ssd_tf.build_model("ssd_resnet34", num_classes=81, width_multiplier=0.125)
+    path = str(tmp_path / "coco.weights.h5")
+    source.save_weights(path)
+    cfg = presets.preset("ssd_resnet34")
+    cfg.model.num_classes, cfg.model.width_multiplier = 3, 0.125
+    keras.utils.set_random_seed(5)
+    target = ssd_tf.build_model("ssd_resnet34", num_classes=3, width_multiplier=0.125)
+    lines = []
+    run.load_backbone_weights(target, path, cfg, log=lines.append)
+    assert len(lines) == 1 and "conf_0" in lines[0] and "start from their initialisation" in lines[0]
+    for a, b in zip(source.weights, target.weights):
+        if not a.path.startswith("conf_"):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    other_width = ssd_tf.build_model("ssd_resnet34", num_classes=3, width_multiplier=0.25)
+    with pytest.raises(run.UsageError, match="does not fit this model: .* weight"):
+        run.load_backbone_weights(other_width, path, cfg)
