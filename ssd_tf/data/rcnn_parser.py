@@ -13,8 +13,9 @@ Per image (REFERENCE_SPECS §3.7):
   ceil32(min_size) x ceil32(max_size), portrait the transpose. A run therefore sees two input shapes.
 
 Labels: training — ``boxes`` [max_boxes, 4] yxyx in pixels of the resized (flipped) image, ``classes`` (contiguous,
-0 = padding), ``num_boxes``, ``image_info``, ``seed`` (the example's stateless seed, from its position in the
-stream: the task derives the anchor / RoI sampling seed from it); crowd (and difficult) boxes are left out of training targets by the
+0 = padding), ``num_boxes``, ``image_info``, ``image_key`` (int64 hash of the source_id, else the file name: the
+task derives each image's anchor / RoI sampling seed from it and the step, so an image draws the same samples
+whichever replica or batch it is in, and a resumed run draws what an uninterrupted one does); crowd (and difficult) boxes are left out of training targets by the
 reader's ``train_keep``. Evaluation — ``source_id``, ``image_info`` and the ground truth normalised to the
 original image (``boxes``, ``classes``, ``is_crowd``, ``difficult``, ``num_boxes``), as every family sends it.
 
@@ -71,6 +72,12 @@ def resized_size(height, width, min_size: int, max_size: int, rounding: str = "t
     raise ValueError(f"resize_rounding must be 'torchvision' or 'truncate', got {rounding!r}")
 
 
+def image_key(decoded) -> tf.Tensor:
+    """int64 identity of an image: a hash of its source_id (its file name when that is empty)."""
+    name = tf.where(tf.strings.length(decoded["source_id"]) > 0, decoded["source_id"], decoded["filename"])
+    return tf.strings.to_hash_bucket_fast(name, 2**62)
+
+
 def record_orientation(serialized) -> tf.Tensor:
     """LANDSCAPE (h <= w) or PORTRAIT of a serialized example, from its stated size (the image header when the
     record states none), without decoding the pixels."""
@@ -122,7 +129,7 @@ class RCNNParser:
             pixels = tf.cond(flip, lambda: self._flip_boxes(pixels, new_w), lambda: pixels)
             labels = {"boxes": pad_to(pixels, self.max_boxes), "classes": pad_to(classes, self.max_boxes),
                       "num_boxes": tf.minimum(tf.shape(pixels)[0], self.max_boxes), "image_info": info,
-                      "seed": tf.cast(seed, tf.int64)}
+                      "image_key": image_key(decoded)}
         else:
             m_ = self.max_boxes
             labels = {"source_id": decoded["source_id"], "image_info": info, "boxes": pad_to(boxes, m_),

@@ -25,7 +25,7 @@ Training: ``model.compute_losses(images, image_shape, gt_boxes, gt_classes, num_
 * ``images`` [B, H, W, 3], ``image_shape`` int [B, 2] (or None: every image fills the batch);
 * ``gt_boxes`` float [B, M, 4] yxyx pixels of the input, ``gt_classes`` int [B, M] (1..C-1), ``num_gt`` int [B]:
   rows ``>= num_gt`` are padding (an image may have none);
-* ``seed``: int [2] stateless seed of the anchor and RoI sampling; the caller derives it from the step and the
+* ``seed``: int [2] (or [B, 2], one per image) stateless seed of the anchor and RoI sampling; the caller derives it from the step and the
   replica so that a resumed run draws the same samples;
 * ``sampled`` (tests): ``{"rpn_indices": int [B, S], "rpn_valid": bool [B, S]}`` fixes the sampled anchors
   (indices into the concatenated P2..P6 anchors) and/or ``{"roi_boxes": [B, R, 4], "roi_valid": bool [B, R]}``
@@ -220,7 +220,13 @@ class FasterRCNN(keras.Model):
         num_gt = tf.reshape(tf.cast(num_gt, tf.int32), [-1])
         gt_valid = tf.range(tf.shape(gt_boxes)[1])[None, :] < num_gt[:, None]  # [B, M]
         sampled = dict(sampled or {})
-        rpn_seed, roi_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+        seed = tf.cast(seed, tf.int64)
+        if seed.shape.rank == 2:  # one seed per image: its samples do not depend on the rest of the batch
+            split = tf.map_fn(lambda s: tf.random.experimental.stateless_split(s, 2), seed,
+                              fn_output_signature=tf.int64)  # [B, 2, 2]
+            rpn_seed, roi_seed = split[:, 0], split[:, 1]
+        else:
+            rpn_seed, roi_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
         features, objectness, deltas = self.dense_forward(images)
         anchors, level_sizes = self.anchors(images, features)

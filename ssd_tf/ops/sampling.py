@@ -75,7 +75,8 @@ def balanced_sample(matched, batch_size_per_image, positive_fraction, seed):
         else (-2 ``BETWEEN_THRESHOLDS``) ignored. Set entries that must not be sampled (padded proposals) to -2.
       batch_size_per_image: int >= 1 (RPN 256, box head 512).
       positive_fraction: float in [0, 1] (RPN 0.5, box head 0.25).
-      seed: int tensor [2], for ``tf.random.stateless_*``.
+      seed: int tensor [2] for the batch, or [B, 2], one per image: then each image's sample depends on its own
+        seed only, not on which other images share its batch (a 2-replica run samples what one process does).
     Returns:
       ``BalancedSample`` (see its fields).
     """
@@ -90,9 +91,9 @@ def balanced_sample(matched, batch_size_per_image, positive_fraction, seed):
     if not 0.0 <= float(positive_fraction) <= 1.0:
         raise ValueError(f"balanced_sample: positive_fraction must be in [0, 1], got {positive_fraction!r}")
     seed = tf.convert_to_tensor(seed)
-    if seed.shape != (2,) or not seed.dtype.is_integer:
-        raise ValueError(f"balanced_sample: seed must be an int tensor of shape [2], got {seed.dtype.name} "
-                         f"{seed.shape}")
+    if seed.shape.rank not in (1, 2) or seed.shape[-1] != 2 or not seed.dtype.is_integer:
+        raise ValueError(f"balanced_sample: seed must be an int tensor of shape [2] or [B, 2], got "
+                         f"{seed.dtype.name} {seed.shape}")
     num_candidates = matched.shape[1]
     if num_candidates is None:
         raise ValueError(f"balanced_sample: matched needs a static candidate axis, got shape {matched.shape}")
@@ -104,7 +105,11 @@ def balanced_sample(matched, batch_size_per_image, positive_fraction, seed):
     negative = tf.equal(matched, -1)
     # Philox explicitly: under XLA on CPU the default ("auto_select") key generation was ~9x slower (82 ms vs
     # 9 ms for 400k keys). XLA and the TF kernels draw different numbers from the same seed.
-    keys = tf.random.stateless_uniform(tf.shape(matched), seed=seed, alg="philox")  # [B, A] in [0, 1)
+    if seed.shape.rank == 1:
+        keys = tf.random.stateless_uniform(tf.shape(matched), seed=seed, alg="philox")  # [B, A] in [0, 1)
+    else:  # one key row per image, from that image's seed
+        keys = tf.map_fn(lambda s: tf.random.stateless_uniform([num_candidates], seed=s, alg="philox"), seed,
+                         fn_output_signature=tf.float32)  # [B, A]
     # Pad with k never-chosen columns so that top_k works when A < k.
     pad = [[0, 0], [0, size]]
     never = tf.constant(-1.0, keys.dtype)  # below every key

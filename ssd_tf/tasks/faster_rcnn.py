@@ -31,12 +31,21 @@ class FasterRCNNTask(Task):
         return tf.cond(is_landscape, lambda: fn(tf.ensure_shape(images, [batch, *landscape, 3])),
                        lambda: fn(tf.ensure_shape(images, [batch, *portrait, 3])))
 
+    def sampling_seeds(self, labels):
+        """[B, 2] stateless seeds of the anchor and RoI sampling, one per image: (run seed, image identity) folded
+        with the training step (``step_counter``, which the Trainer sets; 0 outside training). An image therefore
+        draws the same samples whichever replica or batch it lands in, fresh ones at every step, and the same
+        ones again when a run resumes."""
+        step = getattr(self, "step_counter", None)
+        step = tf.cast(step.read_value(), tf.int64) if step is not None else tf.constant(0, tf.int64)
+        keys = tf.cast(labels["image_key"], tf.int64)
+        base = tf.stack([tf.fill(tf.shape(keys), tf.constant(self.cfg.train.seed, tf.int64)), keys], axis=1)
+        return tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, step), base)
+
     def compute_losses(self, model, images, labels):
-        """The model's losses on a padded batch. Anchor and RoI sampling draw from a stateless seed derived from
-        the first example's position in the data stream (``labels["seed"]``), so each replica samples
-        differently and a resumed run draws exactly the samples an uninterrupted one does."""
+        """The model's losses on a padded batch (sampling seeds: ``sampling_seeds``)."""
         image_shape = tf.cast(labels["image_info"][:, 1], tf.int32)  # the resized image inside the canvas
-        seed = tf.random.experimental.stateless_fold_in(tf.cast(labels["seed"][0], tf.int64), 1)
+        seed = self.sampling_seeds(labels)
 
         def losses(canvas):
             out = model.compute_losses(canvas, image_shape, labels["boxes"], labels["classes"], labels["num_boxes"],

@@ -73,6 +73,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # A task may read the number of completed steps inside its losses (stateless sampling seeds).
+        task.step_counter = self.global_step
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.global_step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
                                                   max_to_keep=options.keep_checkpoints if self.is_chief else 1,

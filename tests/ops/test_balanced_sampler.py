@@ -126,3 +126,16 @@ def test_counts_equal_torchvision_sampler():
         ours = balanced_sample(matched, size, fraction, SEED)
         np.testing.assert_array_equal(ours.positive_mask.numpy().sum(1), [int(p.sum()) for p in pos])
         np.testing.assert_array_equal(ours.negative_mask.numpy().sum(1), [int(n.sum()) for n in neg])
+
+
+def test_per_image_seeds_make_an_images_sample_independent_of_its_batch():
+    rng = np.random.default_rng(7)
+    matched = rng.choice([-2, -1, -1, -1, 0, 1], size=(3, 400)).astype(np.int32)
+    seeds = np.array([[1, 11], [2, 22], [3, 33]], np.int64)
+    together = balanced_sample(matched, 64, 0.25, seeds)
+    for b in range(3):
+        alone = balanced_sample(matched[b:b + 1], 64, 0.25, seeds[b:b + 1])
+        np.testing.assert_array_equal(alone.indices.numpy()[0], together.indices.numpy()[b])
+        np.testing.assert_array_equal(alone.valid.numpy()[0], together.valid.numpy()[b])
+    other = balanced_sample(matched, 64, 0.25, seeds + 1)
+    assert not np.array_equal(other.indices.numpy(), together.indices.numpy())
