@@ -177,6 +177,17 @@ def test_save_and_restore_give_identical_outputs(tiny_model, tmp_path):
         np.testing.assert_array_equal(expected[key].numpy(), restored[key].numpy())
 
 
+def test_config_round_trip(tiny_model):
+    import json
+
+    from ssd_tf.models.faster_rcnn import FasterRCNN, config_from_dict
+
+    config = json.loads(json.dumps(tiny_model.get_config()))
+    assert config_from_dict(config["cfg"]) == tiny_model.cfg
+    clone = FasterRCNN.from_config(config)
+    assert [w.shape for w in clone.weights] == [w.shape for w in tiny_model.weights]
+
+
 def test_mixed_precision_keeps_outputs_and_losses_float32():
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
