@@ -4,14 +4,17 @@ Public API
 ----------
 ``build_faster_rcnn(cfg: FasterRCNNModelConfig, *, jit_compile=False) -> FasterRCNN`` (a ``keras.Model``).
 ``jit_compile`` compiles the dense part (backbone, FPN, RPN head) with XLA; proposal selection, NMS and RoIAlign
-always run outside XLA.
+always run outside XLA. Measured on the AMX / AVX512_BF16 dev CPU (bench/frcnn_throughput.py): XLA's own CPU
+convolutions are ~2x slower than TensorFlow's oneDNN ones under ``mixed_bfloat16`` and about equal in float32, so
+it is off by default.
 
 Inference: ``model(inputs, training=False)`` with ``inputs`` either
 
 * a float tensor ``[B, H, W, 3]``: images normalised as ``cfg.normalization`` says, H and W multiples of 32, every
   pixel a real image pixel; or
 * a dict ``{"images": [B, H, W, 3], "image_shape": int [B, 2]}`` for a zero-padded batch, ``image_shape`` holding
-  each image's true (height, width) in pixels of the network input (its top-left corner is at (0, 0)).
+  each image's true (height, width) in pixels of the network input (its top-left corner is at (0, 0)); the
+  keyword ``model(images, image_shape=...)`` is the same.
 
 Returns a dict (K = ``cfg.postprocess.max_detections``, rows sorted by score, padding rows zero):
 ``detection_boxes`` float32 [B, K, 4] ``[ymin, xmin, ymax, xmax]`` in input pixels, ``detection_scores`` float32
@@ -29,7 +32,8 @@ Training: ``model.compute_losses(images, image_shape, gt_boxes, gt_classes, num_
   replica so that a resumed run draws the same samples;
 * ``sampled`` (tests): ``{"rpn_indices": int [B, S], "rpn_valid": bool [B, S]}`` fixes the sampled anchors
   (indices into the concatenated P2..P6 anchors) and/or ``{"roi_boxes": [B, R, 4], "roi_valid": bool [B, R]}``
-  fixes the sampled RoIs (their labels and targets still come from matching them to the gt).
+  fixes the sampled RoIs (their labels and targets still come from matching them to the gt);
+  ``return_samples=True`` also returns the samples drawn, in that form.
 
 Returns float32 scalars ``rpn_objectness_loss``, ``rpn_box_loss``, ``roi_classification_loss``, ``roi_box_loss``
 and their sum ``total_loss``, computed as torchvision does (REFERENCE_SPECS §3.3-3.5): RPN matching 0.7 / 0.3 with
@@ -38,6 +42,10 @@ batch, Smooth-L1 (``cfg.rpn.box_loss_beta``) summed over the sampled positives a
 proposals (train top-n, no gradient) plus the gt boxes, matched at 0.5, 512 RoIs per image at most 25 % positive,
 cross-entropy averaged over the sampled RoIs, class-specific Smooth-L1 (``cfg.roi.box_loss_beta``) summed over
 positives and divided by the sampled RoIs. An image without boxes has only negatives: box losses 0.
+
+A training task passes, per step: the normalised padded images, their true sizes, the padded gt boxes (pixels of
+the network input, yxyx), contiguous classes and counts, and a seed [2]; it differentiates ``total_loss`` with
+respect to ``model.trainable_variables`` (frozen BN and the frozen stages are not among them).
 
 Pieces used by the parity tests and the benchmark: ``dense_forward`` (pyramid + raw RPN outputs),
 ``anchors``, ``propose``, ``box_head_outputs`` (RoIAlign + box head on given boxes) and ``postprocess``.

@@ -103,6 +103,8 @@ def test_predict_outputs(tiny_model):
     n = int(out["num_detections"][1])
     boxes = out["detection_boxes"][1, :n].numpy()
     assert (boxes[:, 0::2] <= 40).all() and (boxes[:, 1::2] <= 60).all()
+    keyword = tiny_model(padded, image_shape=np.array([[64, 96], [40, 60]]), training=False)
+    np.testing.assert_array_equal(keyword["detection_boxes"].numpy(), out["detection_boxes"].numpy())
     # model.predict goes through the same call.
     predicted = tiny_model.predict(images, verbose=0)
     np.testing.assert_allclose(predicted["detection_scores"], tiny_model(images)["detection_scores"], atol=1e-5)
