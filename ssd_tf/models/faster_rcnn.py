@@ -4,14 +4,17 @@ Public API
 ----------
 ``build_faster_rcnn(cfg: FasterRCNNModelConfig, *, jit_compile=False) -> FasterRCNN`` (a ``keras.Model``).
 ``jit_compile`` compiles the dense part (backbone, FPN, RPN head) with XLA; proposal selection, NMS and RoIAlign
-always run outside XLA.
+always run outside XLA. Measured on the AMX / AVX512_BF16 dev CPU (bench/frcnn_throughput.py): XLA's own CPU
+convolutions are ~2x slower than TensorFlow's oneDNN ones under ``mixed_bfloat16`` and about equal in float32, so
+it is off by default.
 
 Inference: ``model(inputs, training=False)`` with ``inputs`` either
 
 * a float tensor ``[B, H, W, 3]``: images normalised as ``cfg.normalization`` says, H and W multiples of 32, every
   pixel a real image pixel; or
 * a dict ``{"images": [B, H, W, 3], "image_shape": int [B, 2]}`` for a zero-padded batch, ``image_shape`` holding
-  each image's true (height, width) in pixels of the network input (its top-left corner is at (0, 0)).
+  each image's true (height, width) in pixels of the network input (its top-left corner is at (0, 0)); the
+  keyword ``model(images, image_shape=...)`` is the same.
 
 Returns a dict (K = ``cfg.postprocess.max_detections``, rows sorted by score, padding rows zero):
 ``detection_boxes`` float32 [B, K, 4] ``[ymin, xmin, ymax, xmax]`` in input pixels, ``detection_scores`` float32
@@ -29,7 +32,8 @@ Training: ``model.compute_losses(images, image_shape, gt_boxes, gt_classes, num_
   replica so that a resumed run draws the same samples;
 * ``sampled`` (tests): ``{"rpn_indices": int [B, S], "rpn_valid": bool [B, S]}`` fixes the sampled anchors
   (indices into the concatenated P2..P6 anchors) and/or ``{"roi_boxes": [B, R, 4], "roi_valid": bool [B, R]}``
-  fixes the sampled RoIs (their labels and targets still come from matching them to the gt).
+  fixes the sampled RoIs (their labels and targets still come from matching them to the gt);
+  ``return_samples=True`` also returns the samples drawn, in that form.
 
 Returns float32 scalars ``rpn_objectness_loss``, ``rpn_box_loss``, ``roi_classification_loss``, ``roi_box_loss``
 and their sum ``total_loss``, computed as torchvision does (REFERENCE_SPECS §3.3-3.5): RPN matching 0.7 / 0.3 with
@@ -38,6 +42,10 @@ batch, Smooth-L1 (``cfg.rpn.box_loss_beta``) summed over the sampled positives a
 proposals (train top-n, no gradient) plus the gt boxes, matched at 0.5, 512 RoIs per image at most 25 % positive,
 cross-entropy averaged over the sampled RoIs, class-specific Smooth-L1 (``cfg.roi.box_loss_beta``) summed over
 positives and divided by the sampled RoIs. An image without boxes has only negatives: box losses 0.
+
+A training task passes, per step: the normalised padded images, their true sizes, the padded gt boxes (pixels of
+the network input, yxyx), contiguous classes and counts, and a seed [2]; it differentiates ``total_loss`` with
+respect to ``model.trainable_variables`` (frozen BN and the frozen stages are not among them).
 
 Pieces used by the parity tests and the benchmark: ``dense_forward`` (pyramid + raw RPN outputs),
 ``anchors``, ``propose``, ``box_head_outputs`` (RoIAlign + box head on given boxes) and ``postprocess``.
@@ -51,22 +59,33 @@ batch fills less than ~71 % of the padded height or width (impossible in torchvi
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 import keras
 
+from ssd_tf.model_configs import faster_rcnn as frcnn_config
+from ssd_tf.model_configs.common import Normalization
 from ssd_tf.model_configs.faster_rcnn import FasterRCNNModelConfig
 from ssd_tf.models.backbones.resnet import scaled_channels
 from ssd_tf.models.backbones.resnet_fpn import resnet_fpn_backbone
 from ssd_tf.models.rcnn_heads import BoxHead, RPNHead
 from ssd_tf.ops import box_coder
 from ssd_tf.ops.grid_anchors import grid_anchors
+from ssd_tf.ops.boxes import clip_to_image, side_at_least
 from ssd_tf.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_boxes
+from ssd_tf.ops.nms import batched_class_nms
 from ssd_tf.ops.rcnn_postprocess import rcnn_detections
 from ssd_tf.ops.roi_align import multilevel_roi_align
-from ssd_tf.ops.rpn_proposals import rpn_proposals
 from ssd_tf.ops.sampling import balanced_sample
 
+_NESTED = {(FasterRCNNModelConfig, "backbone"): frcnn_config.ResNetBackbone,
+           (FasterRCNNModelConfig, "anchors"): frcnn_config.FPNAnchors,
+           (FasterRCNNModelConfig, "rpn"): frcnn_config.RPNConfig,
+           (FasterRCNNModelConfig, "roi"): frcnn_config.RoIHeadConfig,
+           (FasterRCNNModelConfig, "postprocess"): frcnn_config.RCNNPostprocess,
+           (FasterRCNNModelConfig, "normalization"): Normalization}
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "roi_classification_loss", "roi_box_loss")
 ROI_LEVELS = 4  # P2..P5 feed RoIAlign; P6 only the RPN
 
@@ -74,6 +93,38 @@ ROI_LEVELS = 4  # P2..P5 feed RoIAlign; P6 only the RPN
 def _static_or_dynamic(tensor, axis):
     static = tensor.shape[axis]
     return static if static is not None else tf.shape(tensor)[axis]
+
+
+def _rpn_proposals(objectness, deltas, anchors, image_shape, level_sizes, *, pre_nms_top_n, post_nms_top_n,
+                   nms_threshold, min_size, score_threshold, weights, wh_clip):
+    """torchvision ``filter_proposals`` (per level top-n logits, decode, clip to the true size, drop sides < min_size
+    and probabilities < score_threshold, NMS per level, best post_nms_top_n), ranked by the sigmoid probability as
+    torchvision ranks them.
+
+    Stand-in for ``ssd_tf.ops.rpn_proposals.rpn_proposals``, which ranks its NMS by raw logits: TF's
+    ``combined_non_max_suppression`` reports -1 for candidates scored below -1 when a class (here a level) has
+    fewer candidates than ``max_output_size_per_class``, so every proposal with a logit < -1 came out with
+    score -1 in arbitrary order (parity: 76 % of torchvision's top-1000 found instead of 100 %).
+    Returns (boxes [B, P, 4], probabilities [B, P], valid [B, P]), P = post_nms_top_n, best first.
+    """
+    selected, level_ids, start = [], [], 0
+    for level, count in enumerate(level_sizes):
+        k = min(pre_nms_top_n, count)
+        _, idx = tf.math.top_k(objectness[:, start:start + count], k=k, sorted=True)  # [B, k]
+        selected.append(idx + start)
+        level_ids.append(tf.fill([k], level))
+        start += count
+    index = tf.concat(selected, axis=1)  # [B, K]
+    level_ids = tf.concat(level_ids, axis=0)  # [K]
+    probs = tf.sigmoid(tf.gather(objectness, index, batch_dims=1))  # [B, K]
+    boxes = box_coder.decode(tf.gather(deltas, index, batch_dims=1), tf.gather(anchors, index), weights, wh_clip)
+    boxes = clip_to_image(boxes, image_shape)
+    keep = side_at_least(boxes, min_size) & (probs >= score_threshold)
+    in_level = tf.one_hot(level_ids, len(level_sizes), on_value=True, off_value=False)  # [K, L]
+    scores = tf.where(keep[:, :, None] & in_level[None], probs[:, :, None], -1.0)  # [B, K, L]; -1: not a candidate
+    nms = batched_class_nms(boxes[:, :, None, :], scores, max_per_class=post_nms_top_n, max_total=post_nms_top_n,
+                            iou_threshold=nms_threshold, score_threshold=-0.5)
+    return nms.boxes, nms.scores, nms.valid
 
 
 def _smooth_l1(diff, beta):
@@ -165,14 +216,13 @@ class FasterRCNN(keras.Model):
     def propose(self, objectness, deltas, anchors, level_sizes, image_shape, training=False):
         """RPN proposals: (boxes [B, P, 4], scores [B, P], valid [B, P]), P = post-NMS top-n, best first."""
         rpn = self.cfg.rpn
-        out = rpn_proposals(
-            tf.stop_gradient(tf.cast(objectness, tf.float32)), tf.stop_gradient(tf.cast(deltas, tf.float32)), anchors,
-            image_shape, level_sizes,
+        return _rpn_proposals(
+            tf.stop_gradient(tf.cast(objectness, tf.float32)), tf.stop_gradient(tf.cast(deltas, tf.float32)),
+            tf.cast(anchors, tf.float32), image_shape, [int(n) for n in level_sizes],
             pre_nms_top_n=rpn.pre_nms_top_n_train if training else rpn.pre_nms_top_n_test,
             post_nms_top_n=rpn.post_nms_top_n_train if training else rpn.post_nms_top_n_test,
             nms_threshold=rpn.nms_threshold, min_size=rpn.min_size, score_threshold=rpn.score_threshold,
             weights=rpn.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip)
-        return out["proposals"], out["scores"], out["valid"]
 
     def box_head_outputs(self, features, rois):
         """RoIAlign over P2..P5 + box head: rois [B, R, 4] yxyx pixels -> (logits [B, R, C], deltas [B, R, C, 4]).
@@ -205,6 +255,10 @@ class FasterRCNN(keras.Model):
         features, objectness, deltas = self.dense_forward(images)
         anchors, level_sizes = self.anchors(images, features)
         proposals, _, valid = self.propose(objectness, deltas, anchors, level_sizes, image_shape, training=False)
+        # Valid proposals come first in every image: RoIAlign and the box head only see the longest valid prefix
+        # of the batch (the whole padded list costs ~2x on small inputs, where NMS leaves a few hundred).
+        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)), 1)
+        proposals, valid = proposals[:, :longest], valid[:, :longest]
         logits, box_deltas = self.box_head_outputs(features, proposals)
         return self.postprocess(logits, box_deltas, proposals, valid, image_shape)
 
@@ -313,10 +367,33 @@ class FasterRCNN(keras.Model):
         return {"roi_classification_loss": classification, "roi_box_loss": box}
 
     def get_config(self):
-        import dataclasses
-
         return {"cfg": dataclasses.asdict(self.cfg), "jit_compile_dense": self.jit_compile_dense,
                 "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(config_from_dict(config.pop("cfg")), **config)
+
+
+def config_from_dict(values):
+    """A FasterRCNNModelConfig from ``dataclasses.asdict`` output (or its JSON round trip: lists become tuples)."""
+
+    def build(kind, data):
+        kwargs = {}
+        for field in dataclasses.fields(kind):
+            if field.name not in data:
+                continue
+            value = data[field.name]
+            nested = _NESTED.get((kind, field.name))
+            if nested is not None:
+                value = build(nested, value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[field.name] = value
+        return kind(**kwargs)
+
+    return build(FasterRCNNModelConfig, values)
 
 
 def build_faster_rcnn(cfg: FasterRCNNModelConfig, *, jit_compile=False) -> FasterRCNN:

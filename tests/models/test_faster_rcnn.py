@@ -103,6 +103,8 @@ def test_predict_outputs(tiny_model):
     n = int(out["num_detections"][1])
     boxes = out["detection_boxes"][1, :n].numpy()
     assert (boxes[:, 0::2] <= 40).all() and (boxes[:, 1::2] <= 60).all()
+    keyword = tiny_model(padded, image_shape=np.array([[64, 96], [40, 60]]), training=False)
+    np.testing.assert_array_equal(keyword["detection_boxes"].numpy(), out["detection_boxes"].numpy())
     # model.predict goes through the same call.
     predicted = tiny_model.predict(images, verbose=0)
     np.testing.assert_allclose(predicted["detection_scores"], tiny_model(images)["detection_scores"], atol=1e-5)
@@ -175,6 +177,17 @@ def test_save_and_restore_give_identical_outputs(tiny_model, tmp_path):
     assert not np.array_equal(before, expected["detection_scores"].numpy())
     for key in expected:
         np.testing.assert_array_equal(expected[key].numpy(), restored[key].numpy())
+
+
+def test_config_round_trip(tiny_model):
+    import json
+
+    from ssd_tf.models.faster_rcnn import FasterRCNN, config_from_dict
+
+    config = json.loads(json.dumps(tiny_model.get_config()))
+    assert config_from_dict(config["cfg"]) == tiny_model.cfg
+    clone = FasterRCNN.from_config(config)
+    assert [w.shape for w in clone.weights] == [w.shape for w in tiny_model.weights]
 
 
 def test_mixed_precision_keeps_outputs_and_losses_float32():
