@@ -22,11 +22,14 @@ class ResNetBackbone:
     depth: int = 50  # 50 | 101
     stride_in_1x1: bool = False  # True: MSRA / maskrcnn-benchmark; False: torchvision ("v1.5", stride on the 3x3)
     frozen_bn_epsilon: float = 0.0  # torchvision's COCO weights and maskrcnn-benchmark use 0
+    norm: str = "frozen"  # frozen (pretrained weights) | batch (trainable BatchNorm: training without them)
     trainable_layers: int = 3  # torchvision trainable_backbone_layers: 0..5 of (layer4, layer3, layer2, layer1, conv1)
 
     def __post_init__(self):
         if self.depth not in (50, 101):
             raise ValueError(f"model.backbone.depth must be 50 or 101, got {self.depth}")
+        if self.norm not in ("frozen", "batch"):
+            raise ValueError(f"model.backbone.norm must be 'frozen' or 'batch', got {self.norm!r}")
         if not 0 <= self.trainable_layers <= 5:
             raise ValueError(f"model.backbone.trainable_layers must be in [0, 5], got {self.trainable_layers}")
 

@@ -73,11 +73,10 @@ from ssd_tf.models.backbones.resnet_fpn import resnet_fpn_backbone
 from ssd_tf.models.rcnn_heads import BoxHead, RPNHead
 from ssd_tf.ops import box_coder
 from ssd_tf.ops.grid_anchors import grid_anchors
-from ssd_tf.ops.boxes import clip_to_image, side_at_least
 from ssd_tf.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_boxes
-from ssd_tf.ops.nms import batched_class_nms
 from ssd_tf.ops.rcnn_postprocess import rcnn_detections
 from ssd_tf.ops.roi_align import multilevel_roi_align
+from ssd_tf.ops.rpn_proposals import rpn_proposals
 from ssd_tf.ops.sampling import balanced_sample
 
 _NESTED = {(FasterRCNNModelConfig, "backbone"): frcnn_config.ResNetBackbone,
@@ -93,38 +92,6 @@ ROI_LEVELS = 4  # P2..P5 feed RoIAlign; P6 only the RPN
 def _static_or_dynamic(tensor, axis):
     static = tensor.shape[axis]
     return static if static is not None else tf.shape(tensor)[axis]
-
-
-def _rpn_proposals(objectness, deltas, anchors, image_shape, level_sizes, *, pre_nms_top_n, post_nms_top_n,
-                   nms_threshold, min_size, score_threshold, weights, wh_clip):
-    """torchvision ``filter_proposals`` (per level top-n logits, decode, clip to the true size, drop sides < min_size
-    and probabilities < score_threshold, NMS per level, best post_nms_top_n), ranked by the sigmoid probability as
-    torchvision ranks them.
-
-    Stand-in for ``ssd_tf.ops.rpn_proposals.rpn_proposals``, which ranks its NMS by raw logits: TF's
-    ``combined_non_max_suppression`` reports -1 for candidates scored below -1 when a class (here a level) has
-    fewer candidates than ``max_output_size_per_class``, so every proposal with a logit < -1 came out with
-    score -1 in arbitrary order (parity: 76 % of torchvision's top-1000 found instead of 100 %).
-    Returns (boxes [B, P, 4], probabilities [B, P], valid [B, P]), P = post_nms_top_n, best first.
-    """
-    selected, level_ids, start = [], [], 0
-    for level, count in enumerate(level_sizes):
-        k = min(pre_nms_top_n, count)
-        _, idx = tf.math.top_k(objectness[:, start:start + count], k=k, sorted=True)  # [B, k]
-        selected.append(idx + start)
-        level_ids.append(tf.fill([k], level))
-        start += count
-    index = tf.concat(selected, axis=1)  # [B, K]
-    level_ids = tf.concat(level_ids, axis=0)  # [K]
-    probs = tf.sigmoid(tf.gather(objectness, index, batch_dims=1))  # [B, K]
-    boxes = box_coder.decode(tf.gather(deltas, index, batch_dims=1), tf.gather(anchors, index), weights, wh_clip)
-    boxes = clip_to_image(boxes, image_shape)
-    keep = side_at_least(boxes, min_size) & (probs >= score_threshold)
-    in_level = tf.one_hot(level_ids, len(level_sizes), on_value=True, off_value=False)  # [K, L]
-    scores = tf.where(keep[:, :, None] & in_level[None], probs[:, :, None], -1.0)  # [B, K, L]; -1: not a candidate
-    nms = batched_class_nms(boxes[:, :, None, :], scores, max_per_class=post_nms_top_n, max_total=post_nms_top_n,
-                            iou_threshold=nms_threshold, score_threshold=-0.5)
-    return nms.boxes, nms.scores, nms.valid
 
 
 def _smooth_l1(diff, beta):
@@ -158,7 +125,7 @@ class FasterRCNN(keras.Model):
         self.fpn_channels = scaled_channels(cfg.fpn_channels, width)
         bb = cfg.backbone
         self.backbone = resnet_fpn_backbone(bb.depth, bb.stride_in_1x1, bb.frozen_bn_epsilon, bb.trainable_layers,
-                                            cfg.fpn_channels, width, name="backbone")
+                                            cfg.fpn_channels, width, name="backbone", norm=bb.norm)
         self.num_cell_anchors = len(cfg.anchors.aspect_ratios)
         self.rpn_head = RPNHead(self.num_cell_anchors, self.fpn_channels, name="rpn_head")
         self.box_head = BoxHead(cfg.num_classes, scaled_channels(cfg.roi.representation_size, width),
@@ -216,13 +183,14 @@ class FasterRCNN(keras.Model):
     def propose(self, objectness, deltas, anchors, level_sizes, image_shape, training=False):
         """RPN proposals: (boxes [B, P, 4], scores [B, P], valid [B, P]), P = post-NMS top-n, best first."""
         rpn = self.cfg.rpn
-        return _rpn_proposals(
+        out = rpn_proposals(
             tf.stop_gradient(tf.cast(objectness, tf.float32)), tf.stop_gradient(tf.cast(deltas, tf.float32)),
             tf.cast(anchors, tf.float32), image_shape, [int(n) for n in level_sizes],
             pre_nms_top_n=rpn.pre_nms_top_n_train if training else rpn.pre_nms_top_n_test,
             post_nms_top_n=rpn.post_nms_top_n_train if training else rpn.post_nms_top_n_test,
             nms_threshold=rpn.nms_threshold, min_size=rpn.min_size, score_threshold=rpn.score_threshold,
             weights=rpn.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip)
+        return out["proposals"], out["scores"], out["valid"]
 
     def box_head_outputs(self, features, rois):
         """RoIAlign over P2..P5 + box head: rois [B, R, 4] yxyx pixels -> (logits [B, R, C], deltas [B, R, C, 4]).

@@ -99,16 +99,19 @@ def rpn_proposals(objectness, deltas, anchors, image_shape, num_anchors_per_leve
     # 2-4. decode, clip, filter.
     boxes = box_coder.decode(picked_deltas, picked_anchors, weights, wh_clip, plus_one=plus_one)  # [B, K, 4]
     boxes = clip_to_image(boxes, image_shape, plus_one)
-    keep = side_at_least(boxes, min_size, plus_one) & (tf.sigmoid(logits) >= score_threshold)  # [B, K]
+    probs = tf.sigmoid(logits)
+    keep = side_at_least(boxes, min_size, plus_one) & (probs >= score_threshold)  # [B, K]
 
-    # 5-6. NMS within each level: one score column per level, -inf outside it.
+    # 5-6. NMS within each level: one score column per level, -1 outside it. NMS ranks by the probability, as
+    # torchvision does: combined NMS reports any score below -1 as -1, so ranking raw logits would leave every
+    # proposal with a logit < -1 in arbitrary order.
     num_levels = len(num_anchors_per_level)
     in_level = tf.one_hot(level_ids, num_levels, on_value=True, off_value=False)  # [K, L]
-    scores = tf.where(keep[:, :, None] & in_level[None], logits[:, :, None], float("-inf"))  # [B, K, L]
+    scores = tf.where(keep[:, :, None] & in_level[None], probs[:, :, None], -1.0)  # [B, K, L]
     per_image = post_nms_top_n
     per_level = min(max_per_level or per_image, per_image)
     nms = batched_class_nms(boxes[:, :, None, :], scores, max_per_class=per_level, max_total=per_image,
-                            iou_threshold=nms_threshold, plus_one=plus_one)
+                            iou_threshold=nms_threshold, score_threshold=-0.5, plus_one=plus_one)
     valid, num = nms.valid, nms.num_valid
     if post_nms_per_batch:
         # The post_nms_top_n best of the whole batch; each image's list is sorted, so its share is a prefix.
@@ -119,7 +122,7 @@ def rpn_proposals(objectness, deltas, anchors, image_shape, num_anchors_per_leve
         num = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
     return {
         "proposals": tf.where(valid[..., None], nms.boxes, 0.0),
-        "scores": tf.where(valid, tf.sigmoid(nms.scores), 0.0),
+        "scores": tf.where(valid, nms.scores, 0.0),
         "valid": valid,
         "num_proposals": num,
     }

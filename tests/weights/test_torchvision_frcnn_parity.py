@@ -28,7 +28,7 @@ if not torch_available():
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ssd_tf.weights import convert  # noqa: E402
-from ssd_tf.weights.torchvision_frcnn import build_model  # noqa: E402
+from ssd_tf import build_model  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 HELPER = pathlib.Path(__file__).with_name("torch_frcnn_reference.py")
@@ -44,7 +44,7 @@ LOSS_NAMES = {"loss_objectness": "rpn_objectness_loss", "loss_rpn_box_reg": "rpn
 
 
 def _build(depth, dtype=None):
-    """The model under test; one place to switch to ``ssd_tf.build_model`` once the presets route there."""
+    """The model under test, built from its preset (torchvision conventions at depth 50 / 101)."""
     if dtype is None:
         return build_model(f"faster_rcnn_r{depth}_fpn", num_classes=91)
     keras.config.set_dtype_policy(dtype)

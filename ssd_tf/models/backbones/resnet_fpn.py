@@ -10,6 +10,7 @@ torchvision ``resnet_fpn_backbone`` semantics (REFERENCE_SPECS §3.1):
 * ``FrozenBatchNorm``: y = x * scale + shift with scale = gamma / sqrt(var + epsilon) and
   shift = beta - mean * scale; all four tensors are non-trainable and never updated (epsilon 0 for
   torchvision's COCO weights and maskrcnn-benchmark).
+* ``norm="batch"`` (no pretrained weights; torchvision does the same) uses trainable BatchNormalization instead.
 * ``trainable_layers`` k in 0..5 trains the last k of (conv1, layer1, layer2, layer3, layer4), as torchvision's
   ``trainable_backbone_layers``; the FPN always trains.
 * FPN over C2..C5: lateral 1x1 convs, top-down nearest-neighbour resize to the lateral's size + add, 3x3 output
@@ -101,6 +102,15 @@ def _fpn_conv_init():
     return keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="uniform")
 
 
+def _norm(epsilon, name):
+    """The backbone's normalisation: FrozenBatchNorm (``epsilon`` >= 0), or — ``epsilon`` None — a trainable
+    BatchNormalization with PyTorch's defaults (epsilon 1e-5, momentum 0.1, i.e. Keras 0.9), which is what
+    torchvision uses when a Faster R-CNN trains without pretrained weights."""
+    if epsilon is None:
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return FrozenBatchNorm(epsilon, name=name)
+
+
 def _conv(x, filters, kernel_size, stride, name):
     """Conv without bias, PyTorch padding (kernel_size // 2 each side)."""
     pad = kernel_size // 2
@@ -119,16 +129,16 @@ def bottleneck(x, width, stride, stride_in_1x1, epsilon, name):
     shortcut = x
     if stride != 1 or x.shape[-1] != out_channels:
         shortcut = _conv(x, out_channels, 1, stride, f"{name}_downsample_conv")
-        shortcut = FrozenBatchNorm(epsilon, name=f"{name}_downsample_bn")(shortcut)
+        shortcut = _norm(epsilon, name=f"{name}_downsample_bn")(shortcut)
     stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
     y = _conv(x, width, 1, stride_1x1, f"{name}_conv1")
-    y = FrozenBatchNorm(epsilon, name=f"{name}_bn1")(y)
+    y = _norm(epsilon, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = _conv(y, width, 3, stride_3x3, f"{name}_conv2")
-    y = FrozenBatchNorm(epsilon, name=f"{name}_bn2")(y)
+    y = _norm(epsilon, name=f"{name}_bn2")(y)
     y = layers.ReLU(name=f"{name}_relu2")(y)
     y = _conv(y, out_channels, 1, 1, f"{name}_conv3")
-    y = FrozenBatchNorm(epsilon, name=f"{name}_bn3")(y)
+    y = _norm(epsilon, name=f"{name}_bn3")(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_relu3")(y)
 
@@ -138,7 +148,7 @@ def resnet_body(inputs, depth=50, stride_in_1x1=False, epsilon=0.0, width_multip
     if depth not in RESNET_BLOCKS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_BLOCKS)}, got {depth!r}")
     x = _conv(inputs, scaled_channels(64, width_multiplier), 7, 2, "conv1")
-    x = FrozenBatchNorm(epsilon, name="bn1")(x)
+    x = _norm(epsilon, name="bn1")(x)
     x = layers.ReLU(name="relu")(x)
     x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)  # exact: follows a ReLU
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
@@ -177,8 +187,11 @@ def stage_layer_names(model, stage):
 
 
 def resnet_fpn_backbone(depth=50, stride_in_1x1=False, epsilon=0.0, trainable_layers=3, fpn_channels=256,
-                        width_multiplier=1.0, name="backbone"):
-    """Functional model [B,H,W,3] (H, W dynamic) -> [P2, P3, P4, P5, P6]."""
+                        width_multiplier=1.0, name="backbone", norm="frozen"):
+    """Functional model [B,H,W,3] (H, W dynamic) -> [P2, P3, P4, P5, P6]. ``norm``: "frozen" | "batch"."""
+    if norm not in ("frozen", "batch"):
+        raise ValueError(f"norm must be 'frozen' or 'batch', got {norm!r}")
+    epsilon = None if norm == "batch" else epsilon
     if not 0 <= trainable_layers <= len(TRAINABLE_ORDER):
         raise ValueError(f"trainable_layers must be in [0, {len(TRAINABLE_ORDER)}], got {trainable_layers!r}")
     inputs = keras.Input((None, None, 3), name="images")
