@@ -158,18 +158,19 @@ class FasterRCNN(keras.Model):
         return images, tf.cast(image_shape, tf.int32)
 
     # --- dense part ---------------------------------------------------------------------------------------
-    def _dense(self, images):
-        features = self.backbone(images)
+    def _dense(self, images, training=False):
+        features = self.backbone(images, training=training)
         objectness, deltas = self.rpn_head(features)
         return features, objectness, deltas
 
-    def dense_forward(self, images):
-        """images [B,H,W,3] -> ([P2..P6] in the compute dtype, objectness float32 [B, N], deltas [B, N, 4])."""
+    def dense_forward(self, images, training=False):
+        """images [B,H,W,3] -> ([P2..P6] in the compute dtype, objectness float32 [B, N], deltas [B, N, 4]).
+        ``training`` matters only to a trainable-BatchNorm backbone (``backbone.norm="batch"``): batch statistics."""
         if self.jit_compile_dense:
             if self._dense_compiled is None:
                 self._dense_compiled = tf.function(self._dense, jit_compile=True, autograph=False)
-            return self._dense_compiled(images)
-        return self._dense(images)
+            return self._dense_compiled(images, training)
+        return self._dense(images, training)
 
     def anchors(self, images, features):
         """Anchors [N, 4] yxyx pixels (P2..P6, (y, x, a) order) and the number of anchors per level."""
@@ -250,7 +251,7 @@ class FasterRCNN(keras.Model):
         else:
             rpn_seed, roi_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
-        features, objectness, deltas = self.dense_forward(images)
+        features, objectness, deltas = self.dense_forward(images, training=True)
         anchors, level_sizes = self.anchors(images, features)
         rpn_losses, rpn_indices, rpn_valid = self._rpn_losses(objectness, deltas, anchors, gt_boxes, num_gt,
                                                               rpn_seed, sampled)
