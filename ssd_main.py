@@ -35,7 +35,8 @@ _PATHS = {
     **{name: f"train.{name}" for name in (
         "train_batch_size", "num_epochs", "train_steps", "base_learning_rate", "lr_reference_batch", "lr_schedule",
         "warmup_epochs", "warmup_steps", "cosine_alpha", "lr_boundaries", "lr_gamma", "momentum", "weight_decay",
-        "weight_decay_mode", "exclude_bn_bias_from_weight_decay", "precision", "xla", "steps_per_loop",
+        "weight_decay_mode", "exclude_bn_bias_from_weight_decay", "precision", "xla", "deterministic_ops",
+        "steps_per_loop",
         "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "seed", "backbone_checkpoint")},
     "resnet_checkpoint": "train.backbone_checkpoint",  # the seed's name, kept as an alias
     **{name: f"eval.{name}" for name in ("eval_batch_size", "eval_every_epochs", "eval_backend", "eval_metric",

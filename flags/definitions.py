@@ -65,6 +65,9 @@ def define_train_flags():
     flags.DEFINE_enum("loss_normalization", None, ["per_image", "per_batch"], "SSD models: loss normalisation.")
     flags.DEFINE_enum("precision", None, ["fp32", "fp16", "bf16"], "Compute precision (variables stay fp32).")
     flags.DEFINE_bool("xla", None, "Compile the forward/backward pass with XLA.")
+    flags.DEFINE_bool("deterministic_ops", None, "TensorFlow op determinism, for bit-identical resume where a CPU "
+                      "kernel is otherwise nondeterministic (on by default for Faster R-CNN: RoIAlign's gradient); "
+                      "the data wait is then not measured.")
     flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.")
     flags.DEFINE_integer("log_every_steps", None, "Steps between log lines.")
     flags.DEFINE_integer("checkpoint_every_steps", None, "Steps between checkpoints.")

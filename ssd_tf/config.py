@@ -68,6 +68,9 @@ class TrainConfig:
     exclude_bn_bias_from_weight_decay: bool = False
     precision: str = "fp32"  # fp32 | fp16 | bf16
     xla: bool = False
+    # TensorFlow op determinism: needed for bit-identical resume where a kernel is otherwise nondeterministic on
+    # the CPU (crop_and_resize's gradient, used by Faster R-CNN's RoIAlign); costs the data-wait measurement.
+    deterministic_ops: bool = False
     steps_per_loop: int = 10
     log_every_steps: int = 10
     checkpoint_every_steps: int = 500

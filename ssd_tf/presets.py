@@ -85,7 +85,8 @@ def _faster_rcnn(name: str, depth: int) -> Config:
     data = DataConfig(drop_crowd=True, drop_images_without_boxes=True)
     train = TrainConfig(base_learning_rate=0.02, lr_reference_batch=16, lr_schedule="multistep", num_epochs=26.0,
                         lr_boundaries=[16 / 26, 22 / 26], warmup_epochs=0.0, warmup_steps=1000,
-                        warmup_start_factor=1e-3, momentum=0.9, weight_decay=1e-4, train_batch_size=2)
+                        warmup_start_factor=1e-3, momentum=0.9, weight_decay=1e-4, train_batch_size=2,
+                        deterministic_ops=True)
     return Config(model=model, data=data, train=train, eval=EvalConfig(eval_batch_size=2))
 
 

@@ -266,6 +266,10 @@ def _setup(cfg: Config, cluster, collective_timeout):
     from ssd_tf.tasks import build_task
 
     _set_precision(cfg)
+    if cfg.train.deterministic_ops:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(cfg, cluster, collective_timeout)
     keras.utils.set_random_seed(cfg.train.seed)
     global_batch = cfg.train.train_batch_size * strategy.num_replicas_in_sync
@@ -406,7 +410,8 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
     eval_every = int(round(cfg.eval.eval_every_epochs * steps_per_epoch(cfg, global_batch))) if evaluate else 0
     options = loop.LoopOptions(total_steps=steps, steps_per_loop=t.steps_per_loop, log_every_steps=t.log_every_steps,
                                checkpoint_every_steps=t.checkpoint_every_steps, keep_checkpoints=t.keep_checkpoints,
-                               eval_every_steps=eval_every, xla=t.xla, precision=t.precision)
+                               eval_every_steps=eval_every, xla=t.xla, precision=t.precision,
+                               deterministic_ops=t.deterministic_ops)
     init_fn = (lambda model: load_backbone_weights(model, t.backbone_checkpoint, cfg, log)) if t.backbone_checkpoint \
         else None
     trainer = loop.Trainer(task, strategy, model_dir, make_optimizer_fn(cfg, schedule), options, init_fn=init_fn,

@@ -48,6 +48,9 @@ class LoopOptions:
     eval_every_steps: int = 0  # 0: no evaluation during training
     xla: bool = False
     precision: str = "fp32"
+    # TensorFlow's op determinism is on (some kernels, e.g. crop_and_resize's gradient, are otherwise
+    # nondeterministic on CPU): tf.timestamp is not allowed then, so the data wait is not measured.
+    deterministic_ops: bool = False
 
 
 class Trainer:
@@ -114,16 +117,21 @@ class Trainer:
             self.global_step.assign_add(1)
             return losses
 
+        measure_wait = not self.options.deterministic_ops
+
         @tf.function
         def train_loop(iterator, num_steps):
             sums = {k: tf.constant(0.0) for k in loss_names}
             bad = {k: tf.constant(0.0) for k in loss_names}
             bad_step = tf.constant(-1, tf.int64)
-            wait = tf.constant(0.0, tf.float64)
+            wait = tf.constant(0.0 if measure_wait else float("nan"), tf.float64)
             for _ in tf.range(num_steps):
-                t0 = tf.timestamp()
-                images, labels = next(iterator)
-                wait += tf.timestamp() - t0
+                if measure_wait:
+                    t0 = tf.timestamp()
+                    images, labels = next(iterator)
+                    wait += tf.timestamp() - t0
+                else:
+                    images, labels = next(iterator)
                 per_replica = strategy.run(step_fn, args=(images, labels))
                 losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica[k], axis=None)
                           for k in loss_names}

@@ -45,13 +45,15 @@ class ProgressLogger:
             self._rate_time += elapsed
         avg = self._rate_time / self._rate_steps if self._rate_steps else step_time
         eta = avg * max(self.total_steps - step, 0)
+        wait = data_wait / max(steps_done, 1) if math.isfinite(data_wait) else None  # None: not measured
         record = {"step": step, "fps": fps, "learning_rate": lr, "step_time": step_time,
-                  "data_wait": data_wait / max(steps_done, 1), "eta_seconds": eta}
+                  "data_wait": wait, "eta_seconds": eta}
         record.update({k: float(v) for k, v in losses.items()})
         parts = " ".join(f"{k}={float(v):.4f}" for k, v in losses.items())
+        waited = f"data wait {wait * 1000:.0f} ms" if wait is not None else "data wait not measured"
         print(f"step {step}/{self.total_steps} | {fps:.2f} images/s | lr {lr:.6g} | {parts} | "
-              f"step {step_time * 1000:.0f} ms (data wait {record['data_wait'] * 1000:.0f} ms) | "
-              f"ETA {format_duration(eta)}", file=self.stream, flush=True)
+              f"step {step_time * 1000:.0f} ms ({waited}) | ETA {format_duration(eta)}", file=self.stream,
+              flush=True)
         self._write(step, record, prefix="train/")
         return record
 
