@@ -17,6 +17,16 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . "$_ssd_root/.venv/bin/activate"
 fi
 _stamp="$VIRTUAL_ENV/.ssd_tf_installed${_ssd_extras:+-$_ssd_extras}"
+# An install with more extras (e.g. test,torch for test) serves too.
+for _other in "$VIRTUAL_ENV"/.ssd_tf_installed*; do
+  [ -f "$_other" ] && [ ! "$_ssd_root/setup.py" -nt "$_other" ] || continue
+  _have=",${_other##*/.ssd_tf_installed-},"
+  _missing=""
+  for _extra in ${_ssd_extras//,/ }; do
+    case "$_have" in *",$_extra,"*) ;; *) _missing=1 ;; esac
+  done
+  if [ -z "$_missing" ]; then _stamp="$_other"; break; fi
+done
 if [ ! -f "$_stamp" ] || [ "$_ssd_root/setup.py" -nt "$_stamp" ]; then
   echo "[setup] installing ssd_tf${_ssd_extras:+[$_ssd_extras]} into $VIRTUAL_ENV" >&2
   python -m pip install --quiet --upgrade pip >&2 || true
@@ -28,4 +38,4 @@ if [ ! -f "$_stamp" ] || [ "$_ssd_root/setup.py" -nt "$_stamp" ]; then
   fi
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-unset _py _ssd_extras _stamp
+unset _py _ssd_extras _stamp _other _have _missing _extra

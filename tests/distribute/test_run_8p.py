@@ -256,3 +256,48 @@ def test_dead_worker_stops_the_run_and_a_restart_resumes(records, tmp_path):
     assert moving and all(np.array_equal(w0[k], w1[k]) for k in trainable)
     assert any(not np.array_equal(w0[k], w1[k]) for k in moving)  # each worker's BN saw only its own images
     _assert_only_chief_wrote(model_dir, model_dir, runs=2)
+
+
+FRCNN_TINY = ["--model=faster_rcnn_r50_fpn", "--width_multiplier=0.125", "--min_size=128", "--max_size=128",
+              "--params_override=model.flip_prob=0.0", "--shuffle_buffer=1", "--steps_per_loop=1",
+              "--log_every_steps=1", "--seed=0"]
+
+
+@pytest.mark.slow
+def test_faster_rcnn_two_ranks_match_one_process(records, tmp_path):
+    """The SSD test above for Faster R-CNN: 2 ranks x batch 2 vs 1 process x batch 4 on the same records (one file,
+    record sharding, no shuffle, no flip). Anchor and RoI sampling draw from per-image seeds (image identity and
+    step), so every image draws the same samples in both runs; frozen BatchNorm needs no synchronisation. Each
+    replica averages its losses over its own sampled anchors / RoIs (as torchvision under DDP); with full samples
+    per image (256 anchors, 512 RoIs) that equals the one-process average, otherwise it differs slightly."""
+    model_2p, model_1p, logs = tmp_path / "m2p", tmp_path / "m1p", tmp_path / "logs"
+    table = _seed_rank_table(tmp_path / "rank_table_2p.json", 2)
+    common = FRCNN_TINY + ["--mode=train", f"--training_file_pattern={records}", "--train_steps=3",
+                           "--checkpoint_every_steps=3", "--warmup_steps=1"]
+    proc = _run_8p([*common, f"--model_dir={model_2p}", "--train_batch_size=2", f"--base_port={_free_base_port()}"],
+                   _env(RANK_SIZE=2, RANK_TABLE_FILE=table, LOG_DIR=logs, RUN_TIMEOUT=300,
+                        SSD_TF_DUMP_WEIGHTS=tmp_path / "w2p_{rank}.npz"))
+    single = subprocess.Popen([sys.executable, "ssd_main.py", *common, f"--model_dir={model_1p}",
+                               "--train_batch_size=4"], cwd=ROOT, env=_env(SSD_TF_DUMP_WEIGHTS=tmp_path / "w1p.npz"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rc, out, err = _finish(proc, 320)
+    s_out, s_err = single.communicate(timeout=300)
+    assert rc == 0, (out[-2000:], err[-4000:])
+    assert single.returncode == 0, s_err[-3000:]
+    log0 = (logs / "D0" / "train.log").read_text()
+    assert "2 replica(s), global batch 4, 3 steps" in log0
+
+    w0, w1 = np.load(tmp_path / "w2p_0.npz"), np.load(tmp_path / "w2p_1.npz")
+    assert sorted(w0.files) == sorted(w1.files) and len(w0.files) > 100
+    different = [k for k in w0.files if not np.array_equal(w0[k], w1[k])]
+    assert not different, f"weights differ between the workers: {different[:10]}"
+
+    two, one = _train_log(model_2p), _train_log(model_1p)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
+    print("relative total_loss differences per step:",
+          [f"{abs(a['total_loss'] - b['total_loss']) / abs(b['total_loss']):.1e}" for a, b in zip(two, one)])
+    for a, b in zip(two, one):
+        assert a["learning_rate"] == b["learning_rate"], (a, b)
+        for k in ("total_loss", "rpn_objectness_loss", "rpn_box_loss", "roi_classification_loss", "roi_box_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["step"], k, a[k], b[k])
+    _assert_only_chief_wrote(model_2p, tmp_path / "m2p")
