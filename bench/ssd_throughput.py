@@ -1,14 +1,25 @@
-"""SSD throughput on this machine: train step, inference (with post-processing), input pipeline, and the
-full runtime step (pipeline + step + logging) against the bare step. Prints one JSON object.
+"""SSD throughput on this machine, ours against torchvision's in the same invocation: train step, inference (with
+post-processing), input pipeline, and the full runtime step (pipeline + step + logging) against the bare step.
+Prints one JSON object on stdout (logs on stderr).
 
     python bench/ssd_throughput.py [--presets ssd_resnet34,ssd_vgg16] [--batch 8] [--steps 4] [--xla]
+        [--precisions fp32,bf16] [--skip_torch] [--skip_runtime]
+
+Order: torchvision first, in a child process (``bench/torch_ssd_child.py``: fp32 and ``torch.autocast`` bfloat16),
+then ours in each of ``--precisions`` (default: fp32, plus bf16 when ``--precision=auto`` picks it on this
+machine). The JSON holds the CPU model and ISA flags, a 3x3 convolution's GFLOP/s (256 -> 256 channels, 38x38,
+batch 8; forward and forward + backward, fp32 and bf16) as the machine's reachable rate, each side's figures per
+mode, and our best mode against theirs (``best``).
 
 Achieved GFLOP/s counts 2 FLOPs per multiply-accumulate of every Conv2D/Dense layer; a training step is
 counted as 3x the forward pass (forward + two backward products).
 """
 import argparse
+import dataclasses
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -16,17 +27,8 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-import dataclasses  # noqa: E402
-
-from ssd_tf import presets  # noqa: E402
-from ssd_tf.models.factory import build_from_config  # noqa: E402
-from ssd_tf.models.ssd_loss import ssd_loss  # noqa: E402
-from ssd_tf.ops.anchors import ssd_default_boxes  # noqa: E402
-from ssd_tf.ops.postprocess import ssd_postprocess  # noqa: E402
-from ssd_tf.ops.targets import ssd_targets_batched  # noqa: E402
-from ssd_tf.training.optimizer import MomentumSGD  # noqa: E402
+tf = None  # TensorFlow is imported by main() after the torchvision child has finished (see the docstring)
 
 
 def _all_layers(model):
@@ -61,6 +63,58 @@ def _timeit(fn, steps, warmup):
     for _ in range(steps):
         fn()
     return (time.perf_counter() - t0) / steps
+
+
+def _import_tensorflow():
+    global tf, presets, build_from_config, ssd_loss, ssd_default_boxes, ssd_postprocess, ssd_targets_batched
+    global MomentumSGD
+    import tensorflow
+
+    tf = tensorflow
+    from ssd_tf import presets
+    from ssd_tf.models.factory import build_from_config
+    from ssd_tf.models.ssd_loss import ssd_loss
+    from ssd_tf.ops.anchors import ssd_default_boxes
+    from ssd_tf.ops.postprocess import ssd_postprocess
+    from ssd_tf.ops.targets import ssd_targets_batched
+    from ssd_tf.training.optimizer import MomentumSGD
+
+
+def conv_rate(precision, steps=5):
+    """GFLOP/s of a 3x3 conv, 256 -> 256 channels, 38x38, batch 8: (forward, forward + backward)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    conv = keras.layers.Conv2D(256, 3, padding="same")
+    x = tf.random.normal([8, 38, 38, 256])
+    conv(x)
+    flops = 2 * 8 * 38 * 38 * 256 * 256 * 9
+    fwd = tf.function(lambda x: conv(x))
+
+    @tf.function
+    def fwd_bwd(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(tf.cast(conv(x), tf.float32))
+        return tape.gradient(y, [x] + conv.trainable_variables)
+
+    t_f = _timeit(lambda: fwd(x).numpy(), steps, 2)
+    t_b = _timeit(lambda: [g.numpy() for g in fwd_bwd(x)], steps, 2)
+    keras.mixed_precision.set_global_policy("float32")
+    return {"forward_gflops_per_s": flops / t_f / 1e9, "forward_backward_gflops_per_s": 3 * flops / t_b / 1e9}
+
+
+def torchvision_figures(a):
+    """The torchvision child's JSON (None when torch is not installed or --skip_torch)."""
+    if a.skip_torch or importlib.util.find_spec("torch") is None:
+        return None
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_ssd_child.py")
+    r = subprocess.run([sys.executable, child, f"--presets={a.presets}", f"--batch={a.batch}", f"--steps={a.steps}",
+                        f"--warmup={a.warmup}"], capture_output=True, text=True)
+    sys.stderr.write(r.stderr[-3000:])
+    if r.returncode != 0:
+        raise RuntimeError(f"torchvision child failed ({r.returncode})")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def synthetic_batch(preset, batch, num_classes, anchors, seed=0):
@@ -195,20 +249,56 @@ def main():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--xla", action="store_true")
+    p.add_argument("--precisions", default=None, help="ours: comma list of fp32, bf16 (default: fp32 + what auto "
+                   "picks on this machine)")
+    p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--skip_runtime", action="store_true")
     a = p.parse_args()
-    out = {"batch": a.batch, "xla": a.xla, "threads": os.cpu_count(),
-           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"), "presets": {}}
+    from ssd_tf.training.precision import machine_summary, resolve_precision
+
+    auto, why = resolve_precision("auto", check_gpu=False)
+    precisions = a.precisions.split(",") if a.precisions else sorted({"fp32", auto})
+    theirs = torchvision_figures(a)  # first, alone on the machine
+    _import_tensorflow()
+    import keras
+
+    out = {"machine": machine_summary(), "auto_precision": auto, "auto_reason": why, "batch": a.batch, "xla": a.xla,
+           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+           "conv_3x3_256ch_38x38_b8": {pr: conv_rate(pr) for pr in sorted({"fp32", "bf16"})}, "presets": {}}
+    if theirs is not None:
+        out["torchvision"] = {k: theirs[k] for k in ("torch", "torchvision", "threads")}
     with tempfile.TemporaryDirectory() as work:
         pattern, class_ids, names = make_records(work)
         for preset in a.presets.split(","):
-            r, _ = bench_step(preset, a.batch, a.steps, a.warmup, a.xla)
+            ours = {}
+            for precision in precisions:
+                keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+                r, _ = bench_step(preset, a.batch, a.steps, a.warmup, a.xla)
+                keras.mixed_precision.set_global_policy("float32")
+                conv = out["conv_3x3_256ch_38x38_b8"][precision]["forward_backward_gflops_per_s"]
+                r["train_fraction_of_conv_rate"] = r["train_gflops_per_s"] / conv
+                ours[precision] = r
+                print(json.dumps({preset: {precision: r}}), file=sys.stderr, flush=True)
+            best = max(ours, key=lambda k: ours[k]["train_images_per_s"])
+            r = ours[best]
             r["pipeline_images_per_s"] = bench_pipeline(preset, pattern, class_ids, a.batch)
             r["pipeline_vs_train_consumption"] = r["pipeline_images_per_s"] / r["train_images_per_s"]
             if not a.skip_runtime:
+                keras.mixed_precision.set_global_policy("mixed_bfloat16" if best == "bf16" else "float32")
                 r.update(bench_runtime(preset, pattern, class_ids, names, a.batch, a.steps, work, r["train_step_s"]))
-            out["presets"][preset] = r
-            print(json.dumps({preset: r}), file=sys.stderr, flush=True)
+                keras.mixed_precision.set_global_policy("float32")
+            entry = {"ours": ours}
+            if theirs is not None:
+                tv = theirs["presets"][preset]
+                entry["torchvision"] = tv
+                entry["best"] = {}
+                for key in ("train_images_per_s", "inference_images_per_s"):
+                    our_mode = max(ours, key=lambda k: ours[k][key])
+                    their_mode = max(tv, key=lambda k: tv[k][key])
+                    entry["best"][key] = {"ours": [our_mode, ours[our_mode][key]],
+                                          "torchvision": [their_mode, tv[their_mode][key]],
+                                          "ratio": ours[our_mode][key] / tv[their_mode][key]}
+            out["presets"][preset] = entry
     print(json.dumps(out, indent=2))
 
 

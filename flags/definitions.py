@@ -63,7 +63,9 @@ def define_train_flags():
                       "(the references); decoupled: w -= lr*wd*w.")
     flags.DEFINE_bool("exclude_bn_bias_from_weight_decay", None, "No weight decay on BN parameters and biases.")
     flags.DEFINE_enum("loss_normalization", None, ["per_image", "per_batch"], "SSD models: loss normalisation.")
-    flags.DEFINE_enum("precision", None, ["fp32", "fp16", "bf16"], "Compute precision (variables stay fp32).")
+    flags.DEFINE_enum("precision", None, ["auto", "fp32", "fp16", "bf16"], "Compute precision; variables, "
+                      "losses, box decoding and post-processing stay fp32. auto (default): bf16 where the hardware "
+                      "runs it natively (GPU compute capability >= 8.0, CPU with AMX-BF16 or AVX512_BF16), else fp32.")
     flags.DEFINE_bool("xla", None, "Compile the forward/backward pass with XLA.")
     flags.DEFINE_bool("deterministic_ops", None, "TensorFlow op determinism, for bit-identical resume where a CPU "
                       "kernel is otherwise nondeterministic (on by default for Faster R-CNN: RoIAlign's gradient); "

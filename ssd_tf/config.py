@@ -66,7 +66,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     weight_decay_mode: str = "coupled"  # coupled (L2 in the gradient, as the references) | decoupled
     exclude_bn_bias_from_weight_decay: bool = False
-    precision: str = "fp32"  # fp32 | fp16 | bf16
+    precision: str = "auto"  # auto (bf16 where the hardware runs it natively, else fp32) | fp32 | fp16 | bf16
     xla: bool = False
     # TensorFlow op determinism: needed for bit-identical resume where a kernel is otherwise nondeterministic on
     # the CPU (crop_and_resize's gradient, used by Faster R-CNN's RoIAlign); costs the data-wait measurement.
@@ -85,7 +85,7 @@ class TrainConfig:
                   "weight_decay", "cosine_alpha", "warmup_start_factor", "lr_gamma")
         _one_of(self, "lr_schedule", ("cosine", "multistep", "constant"))
         _one_of(self, "weight_decay_mode", ("coupled", "decoupled"))
-        _one_of(self, "precision", ("fp32", "fp16", "bf16"))
+        _one_of(self, "precision", ("auto", "fp32", "fp16", "bf16"))
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if self.warmup_steps < -1:
@@ -121,6 +121,8 @@ class RuntimeConfig:
     strategy: str = "auto"
     num_devices: int = 0
     sync_batchnorm: bool = False
+    precision: str = ""  # written by a run: the precision train.precision resolved to on this machine ...
+    precision_reason: str = ""  # ... and why
 
     def __post_init__(self):
         _one_of(self, "strategy", ("auto", "one_device", "mirrored", "multi_worker"))

@@ -251,21 +251,42 @@ def make_strategy(cfg: Config, cluster=None, collective_timeout: Optional[float]
                                       cluster=cluster, collective_timeout_seconds=collective_timeout)
 
 
-def _set_precision(cfg: Config) -> None:
+def _set_precision(cfg: Config, log=_print) -> None:
+    """The compute precision for this run (``train.precision``; ``auto`` decides from the hardware, see
+    ``training/precision.py``), set as Keras' global dtype policy and recorded with its reason in
+    ``runtime.precision`` / ``runtime.precision_reason`` (saved in config.json)."""
     import keras
 
-    policy = {"fp16": "mixed_float16", "bf16": "mixed_bfloat16"}.get(cfg.train.precision, "float32")
+    from ssd_tf.training.precision import resolve_precision
+
+    precision, why = resolve_precision(cfg.train.precision)
+    cfg.runtime.precision, cfg.runtime.precision_reason = precision, why
+    log(f"Precision: {precision} ({why})")
+    policy = {"fp16": "mixed_float16", "bf16": "mixed_bfloat16"}.get(precision, "float32")
     keras.mixed_precision.set_global_policy(policy)
 
 
-def _setup(cfg: Config, cluster, collective_timeout):
+@contextlib.contextmanager
+def _keeping_dtype_policy():
+    """Restores Keras' global dtype policy afterwards (a run sets it; a Python caller's later models should not
+    inherit it)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _setup(cfg: Config, cluster, collective_timeout, log=_print):
     """Precision policy, strategy (before any other TF op: multi-worker setup fails once TF has started), seed,
     task -> (strategy, task, global batch)."""
     import keras
 
     from ssd_tf.tasks import build_task
 
-    _set_precision(cfg)
+    _set_precision(cfg, log)
     if cfg.train.deterministic_ops:
         import tensorflow as tf
 
@@ -398,11 +419,17 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
           log=_print) -> dict:
     """Trains (resuming from the latest checkpoint in ``cfg.runtime.model_dir``); with ``evaluate`` also
     evaluates every ``eval_every_epochs`` and at the end. Returns the last evaluation's metrics (or {})."""
+    with _keeping_dtype_policy():
+        return _train(cfg, cluster=cluster, collective_timeout=collective_timeout, evaluate=evaluate, log=log)
+
+
+def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = None, evaluate: bool = False,
+           log=_print) -> dict:
     from ssd_tf import config as config_lib
     from ssd_tf.training import loop
 
     check_model_dir(cfg)
-    strategy, task, global_batch = _setup(cfg, cluster, collective_timeout)
+    strategy, task, global_batch = _setup(cfg, cluster, collective_timeout, log)
     model_dir = cfg.runtime.model_dir
     steps = total_steps(cfg, global_batch)
     schedule = make_schedule(cfg, global_batch, steps)
@@ -410,7 +437,7 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
     eval_every = int(round(cfg.eval.eval_every_epochs * steps_per_epoch(cfg, global_batch))) if evaluate else 0
     options = loop.LoopOptions(total_steps=steps, steps_per_loop=t.steps_per_loop, log_every_steps=t.log_every_steps,
                                checkpoint_every_steps=t.checkpoint_every_steps, keep_checkpoints=t.keep_checkpoints,
-                               eval_every_steps=eval_every, xla=t.xla, precision=t.precision,
+                               eval_every_steps=eval_every, xla=t.xla, precision=cfg.runtime.precision,
                                deterministic_ops=t.deterministic_ops)
     init_fn = (lambda model: load_backbone_weights(model, t.backbone_checkpoint, cfg, log)) if t.backbone_checkpoint \
         else None
@@ -505,7 +532,13 @@ def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: 
              log=_print) -> dict:
     """Evaluates the latest checkpoint (or ``checkpoint``, or every one kept) and records each result in
     ``eval_results.json``; returns the last metrics."""
-    strategy, task, _ = _setup(cfg, cluster, None)
+    with _keeping_dtype_policy():
+        return _evaluate(cfg, checkpoint=checkpoint, all_checkpoints=all_checkpoints, cluster=cluster, log=log)
+
+
+def _evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: bool = False, cluster=None,
+              log=_print) -> dict:
+    strategy, task, _ = _setup(cfg, cluster, None, log)
     with strategy.scope():
         model = task.build_model()
     metrics = {}

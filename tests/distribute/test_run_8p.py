@@ -19,8 +19,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Per-device batch 2 on 2 ranks == batch 4 in one process. One TFRecord file, no shuffling, no augmentation: see
 # test_two_ranks_match_one_process for why these make the data identical.
+# fp32: the tolerances below are float32 rounding (--precision=auto would pick bf16 on some machines).
 TINY = ["--model=ssd_resnet34", "--width_multiplier=0.125", "--augmentation=none", "--shuffle_buffer=1",
-        "--steps_per_loop=1", "--log_every_steps=1", "--seed=0"]
+        "--steps_per_loop=1", "--log_every_steps=1", "--seed=0", "--precision=fp32"]
 
 
 def _py(*args, timeout=300):
@@ -260,7 +261,7 @@ def test_dead_worker_stops_the_run_and_a_restart_resumes(records, tmp_path):
 
 FRCNN_TINY = ["--model=faster_rcnn_r50_fpn", "--width_multiplier=0.125", "--min_size=128", "--max_size=128",
               "--params_override=model.flip_prob=0.0", "--shuffle_buffer=1", "--steps_per_loop=1",
-              "--log_every_steps=1", "--seed=0"]
+              "--log_every_steps=1", "--seed=0", "--precision=fp32"]
 
 
 @pytest.mark.slow
