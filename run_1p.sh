@@ -47,23 +47,39 @@ for split in train val; do
 done
 python -m data_tools.inspect_tfrecord --input_pattern="$WORK/tfrecords/val-*.tfrecord" | tail -n 12
 
-# Demo preset: the ssd_resnet34 code path (MLPerf model, cosine recipe, MLPerf augmentation and loss)
-# scaled down through flags only: channels x0.25, a short schedule with a higher LR for the small batch.
-python "$ROOT/ssd_main.py" --mode=train_and_eval --model=ssd_resnet34 \
+DEMO_MODEL="${DEMO_MODEL:-ssd_resnet34}"
+case "$DEMO_MODEL" in
+  ssd_resnet34)
+    # The ssd_resnet34 code path (MLPerf model, cosine recipe, MLPerf augmentation and loss) scaled down through
+    # flags only: channels x0.25, a short schedule with a higher LR for the small batch.
+    MODEL_DIR="$WORK/model"
+    MODEL_FLAGS=(--width_multiplier="${DEMO_WIDTH:-0.25}" --train_batch_size="${DEMO_BATCH:-16}"
+      --num_epochs="${DEMO_EPOCHS:-13}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16
+      --warmup_epochs=0.5 --checkpoint_every_steps=150 --log_every_steps=25 --steps_per_loop=25
+      --eval_batch_size=16) ;;
+  faster_rcnn_r50_fpn)
+    # torchvision's Faster R-CNN R50-FPN code path (its recipe's LR per image, multistep at 16/26 and 22/26,
+    # linear warmup) trained from scratch: channels x0.25, 256-pixel images, and trainable BatchNorm in the
+    # backbone (torchvision's choice without pretrained weights).
+    MODEL_DIR="$WORK/model_faster_rcnn"
+    MODEL_FLAGS=(--width_multiplier="${DEMO_WIDTH:-0.25}" --train_batch_size="${DEMO_BATCH:-8}"
+      --num_epochs="${DEMO_EPOCHS:-8}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16
+      --min_size="${DEMO_SIZE:-256}" --max_size="${DEMO_SIZE:-256}" --trainable_backbone_layers=5
+      --params_override=model.backbone.norm=batch --warmup_steps=100 --checkpoint_every_steps=150
+      --log_every_steps=25 --steps_per_loop=25 --eval_batch_size=8) ;;
+  *) echo "run_1p.sh: DEMO_MODEL must be ssd_resnet34 or faster_rcnn_r50_fpn, got '$DEMO_MODEL'" >&2; exit 2 ;;
+esac
+python "$ROOT/ssd_main.py" --mode=train_and_eval --model="$DEMO_MODEL" \
   --training_file_pattern="$WORK/tfrecords/train-*.tfrecord" \
   --validation_file_pattern="$WORK/tfrecords/val-*.tfrecord" \
   --val_json_file="$WORK/shapes/annotations/instances_val.json" \
-  --model_dir="$WORK/model" \
-  --width_multiplier="${DEMO_WIDTH:-0.25}" --train_batch_size="${DEMO_BATCH:-16}" \
-  --num_epochs="${DEMO_EPOCHS:-13}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16 \
-  --warmup_epochs=0.5 --eval_every_epochs=0 --checkpoint_every_steps=150 --log_every_steps=25 \
-  --steps_per_loop=25 --eval_batch_size=16 "$@"
+  --model_dir="$MODEL_DIR" --eval_every_epochs=0 "${MODEL_FLAGS[@]}" "$@"
 
 # What the trained model finds: boxes, class names and scores drawn on a few validation pictures.
 PICTURES="$(ls "$WORK/shapes/val/"*.jpg | head -n "${DEMO_PREDICT_IMAGES:-8}" | paste -sd, -)"
-python ssd_main.py --mode=predict --model_dir="$WORK/model" --input_pattern="$PICTURES" \
-  --output_dir="$WORK/predictions"
-PLOTS="$(ls -d "$WORK/model/eval_plots/step_"* 2>/dev/null | sort -t_ -k3 -n | tail -n 1)"
-echo "Demo finished in $(( $(date +%s) - start )) s; results: $WORK/model/eval_results.json"
-echo "Pictures: $WORK/predictions/*.jpg (detections drawn; all boxes in $WORK/predictions/detections.json)"
-echo "          ${PLOTS:-$WORK/model/eval_plots} (PR curves, AP per class, ground truth | detections)"
+python "$ROOT/ssd_main.py" --mode=predict --model_dir="$MODEL_DIR" --input_pattern="$PICTURES" \
+  --output_dir="$MODEL_DIR/predictions"
+PLOTS="$(ls -d "$MODEL_DIR/eval_plots/step_"* 2>/dev/null | sort -t_ -k3 -n | tail -n 1)"
+echo "Demo finished in $(( $(date +%s) - start )) s; results: $MODEL_DIR/eval_results.json"
+echo "Pictures: $MODEL_DIR/predictions/*.jpg (detections drawn; all boxes in $MODEL_DIR/predictions/detections.json)"
+echo "          ${PLOTS:-$MODEL_DIR/eval_plots} (PR curves, AP per class, ground truth | detections)"

@@ -121,7 +121,9 @@ def _assert_only_chief_wrote(model_dir: pathlib.Path, search_root: pathlib.Path,
     assert not stray, f"checkpoint files outside {ckpt_dir}: {stray}"
     assert not list(model_dir.glob("worker_tmp_*")), "a non-chief worker's temporary directory was left behind"
     summaries = sorted(p.parent for p in search_root.rglob("events.out.tfevents.*"))
-    assert set(summaries) == {model_dir / "summaries"}, summaries
+    # the chief's training summaries, and its evaluation pictures beside them
+    assert set(summaries) <= {model_dir / "summaries", model_dir / "summaries" / "eval_plots"}, summaries
+    assert model_dir / "summaries" in summaries
     assert len(list((model_dir / "summaries").glob("events.out.tfevents.*"))) == runs  # one writer per run: the chief
 
 
