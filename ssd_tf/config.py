@@ -19,7 +19,7 @@ import json
 import os
 import types
 import typing
-from typing import Any, Optional
+from typing import Any
 
 VERSION = 2
 
@@ -105,14 +105,11 @@ class EvalConfig:
     best_metric_mode: str = "auto"  # auto (max for AP/AR/mAP, min for losses) | max | min
 
     def __post_init__(self):
-        if self.best_metric_mode not in ("auto", "max", "min"):
-            raise ValueError(f"best_metric_mode must be auto, max or min, got {self.best_metric_mode!r}")
-
-    def __post_init__(self):
         _positive(self, "eval_batch_size")
         _at_least(self, 0, "eval_every_epochs", "eval_steps")
         _one_of(self, "eval_backend", ("faster", "pycocotools"))
         _one_of(self, "eval_metric", ("coco", "voc07", "voc"))
+        _one_of(self, "best_metric_mode", ("auto", "max", "min"))
 
 
 @dataclasses.dataclass

@@ -449,10 +449,10 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
             f"{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, {steps} steps")
         log("Config: " + json.dumps(cfg.to_dict(), sort_keys=True))
 
-    evaluate_fn = None
-    if evaluate:
-        def evaluate_fn(step):
-            return record_evaluation(cfg, task, trainer.model, step, trainer.manager.latest_checkpoint or "", log=log)
+    def evaluate_fn(step):
+        return record_evaluation(cfg, task, trainer.model, step, trainer.manager.latest_checkpoint or "", log=log)
+
+    evaluate_fn = evaluate_fn if evaluate else None
 
     try:
         with _input_errors_named(cfg, log):

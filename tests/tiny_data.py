@@ -32,3 +32,31 @@ def write_records(directory, sizes=SIZES, seed=0, name="tiny") -> str:
                 texts=[CLASS_NAMES[CLASS_IDS.index(c)] for c in labels], is_crowd=[0] * n, area=[1.0] * n,
                 difficult=[0] * n, truncated=[0] * n))
     return str(path)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def run_python(*args, env=None, timeout=600) -> str:
+    """`python ARGS` in the repository (a script or -m module); fails the test with the output tails unless it exits
+    0; returns stdout."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                       env={**os.environ, **{k: str(v) for k, v in (env or {}).items()}})
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r.stdout
+
+
+def shapes_tfrecords(directory, num_train: int, num_val: int, seed: int, num_shards: int = 2):
+    """The project's shapes dataset (COCO JSON + JPEGs under directory/shapes) converted by its own COCO converter
+    to directory/tf/{train,val}-*.tfrecord (+ sidecars); returns directory."""
+    run_python("-m", "data_tools.make_shapes_dataset", f"--output_dir={directory}/shapes", f"--num_train={num_train}",
+               f"--num_val={num_val}", f"--seed={seed}")
+    for split in ("train", "val"):
+        run_python("-m", "data_tools.create_coco_tfrecord", f"--image_dir={directory}/shapes/{split}",
+                   f"--object_annotations_file={directory}/shapes/annotations/instances_{split}.json",
+                   f"--output_file_prefix={directory}/tf/{split}", f"--num_shards={num_shards}", "--num_processes=1")
+    return directory

@@ -18,12 +18,15 @@ import dataclasses
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from ssd_tf.distribute.strategy import chief_or_temp_dir, is_chief, remove_temp_dir
+
+if TYPE_CHECKING:
+    import keras
 from ssd_tf.training import progress
 
 

@@ -2,30 +2,21 @@
 the TFRecords, on detections that score well above 0; VOC metrics through ssd_main on a real VOC-layout set."""
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tiny_data import run_python, shapes_tfrecords
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _py(*args, timeout=600):
-    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    return r.stdout
+_py = run_python
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shapes")
-    _py("-m", "data_tools.make_shapes_dataset", f"--output_dir={d}/shapes", "--num_train=0", "--num_val=24",
-        "--seed=5")
-    _py("-m", "data_tools.create_coco_tfrecord", f"--image_dir={d}/shapes/val",
-        f"--object_annotations_file={d}/shapes/annotations/instances_val.json", f"--output_file_prefix={d}/tf/val",
-        "--num_shards=2", "--num_processes=1")
-    return d
+    return shapes_tfrecords(tmp_path_factory.mktemp("shapes"), num_train=0, num_val=24, seed=5)
 
 
 def _jittered_ground_truth_batches(pattern, class_ids):

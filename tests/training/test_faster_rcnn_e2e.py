@@ -8,28 +8,18 @@ import sys
 import numpy as np
 import pytest
 
+from tiny_data import run_python, shapes_tfrecords
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _py(*args, env=None, timeout=900):
-    import os
-
-    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env={**os.environ, **(env or {})})
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    return r.stdout
+def _py(*args, env=None):
+    return run_python(*args, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    d = tmp_path_factory.mktemp("frcnn_shapes")
-    _py("-m", "data_tools.make_shapes_dataset", f"--output_dir={d}/shapes", "--num_train=96", "--num_val=16",
-        "--seed=4")
-    for split in ("train", "val"):
-        _py("-m", "data_tools.create_coco_tfrecord", f"--image_dir={d}/shapes/{split}",
-            f"--object_annotations_file={d}/shapes/annotations/instances_{split}.json",
-            f"--output_file_prefix={d}/tf/{split}", "--num_shards=2", "--num_processes=1")
-    return d
+    return shapes_tfrecords(tmp_path_factory.mktemp("frcnn_shapes"), num_train=96, num_val=16, seed=4)
 
 
 def _flags(d, model_dir, steps):

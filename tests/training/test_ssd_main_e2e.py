@@ -1,32 +1,22 @@
 """ssd_main.py end to end on a tiny shapes TFRecord set: train_and_eval, eval of a given checkpoint, resume."""
 import json
 import pathlib
-import subprocess
-import sys
 
 import pytest
+
+from tiny_data import run_python, shapes_tfrecords
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COCO_KEYS = ["COCO/AP", "COCO/AP50", "COCO/AP75", "COCO/APs", "COCO/APm", "COCO/APl", "COCO/ARmax1",
              "COCO/ARmax10", "COCO/ARmax100", "COCO/ARs", "COCO/ARm", "COCO/ARl"]
 
 
-def _py(*args, timeout=600):
-    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    return r.stdout
+_py = run_python
 
 
 @pytest.fixture(scope="module")
 def tiny_records(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shapes")
-    _py("-m", "data_tools.make_shapes_dataset", f"--output_dir={d}/shapes", "--num_train=16", "--num_val=8",
-        "--seed=3")
-    for split in ("train", "val"):
-        _py("-m", "data_tools.create_coco_tfrecord", f"--image_dir={d}/shapes/{split}",
-            f"--object_annotations_file={d}/shapes/annotations/instances_{split}.json",
-            f"--output_file_prefix={d}/tf/{split}", "--num_shards=2", "--num_processes=1")
-    return d
+    return shapes_tfrecords(tmp_path_factory.mktemp("shapes"), num_train=16, num_val=8, seed=3)
 
 
 def _common(d, model_dir):

@@ -20,15 +20,20 @@ def _bn(name):
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
-def _conv(x, filters, kernel_size, stride, name):
-    """Conv without bias, PyTorch padding (kernel_size // 2 on each side)."""
+def conv_pytorch_padding(x, filters, kernel_size, stride, name, kernel_initializer="glorot_uniform"):
+    """Conv without bias, PyTorch padding (kernel_size // 2 on each side): stride-2 convs pad symmetrically with
+    ZeroPadding2D + 'valid', as Keras' 'same' would pad (0, 1)."""
     pad = kernel_size // 2
     if stride > 1 and pad > 0:
         x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         padding = "valid"
     else:
         padding = "same" if pad > 0 else "valid"  # stride 1, odd kernel: 'same' is symmetric
-    return layers.Conv2D(filters, kernel_size, strides=stride, padding=padding, use_bias=False, name=name)(x)
+    return layers.Conv2D(filters, kernel_size, strides=stride, padding=padding, use_bias=False,
+                         kernel_initializer=kernel_initializer, name=name)(x)
+
+
+_conv = conv_pytorch_padding
 
 
 def basic_block(x, filters, stride, name):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from ssd_tf.models.backbones.resnet import scaled_channels
+from ssd_tf.models.backbones.resnet import conv_pytorch_padding, scaled_channels
 
 RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck width of layer1..layer4; outputs are 4x
@@ -112,15 +112,7 @@ def _norm(epsilon, name):
 
 
 def _conv(x, filters, kernel_size, stride, name):
-    """Conv without bias, PyTorch padding (kernel_size // 2 each side)."""
-    pad = kernel_size // 2
-    if stride > 1 and pad > 0:
-        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same" if pad > 0 else "valid"  # stride 1, odd kernel: 'same' is symmetric
-    return layers.Conv2D(filters, kernel_size, strides=stride, padding=padding, use_bias=False,
-                         kernel_initializer=_resnet_conv_init(), name=name)(x)
+    return conv_pytorch_padding(x, filters, kernel_size, stride, name, kernel_initializer=_resnet_conv_init())
 
 
 def bottleneck(x, width, stride, stride_in_1x1, epsilon, name):
