@@ -55,7 +55,9 @@ def shapes_tfrecords(directory, num_train: int, num_val: int, seed: int, num_sha
     to directory/tf/{train,val}-*.tfrecord (+ sidecars); returns directory."""
     run_python("-m", "data_tools.make_shapes_dataset", f"--output_dir={directory}/shapes", f"--num_train={num_train}",
                f"--num_val={num_val}", f"--seed={seed}")
-    for split in ("train", "val"):
+    for split, count in (("train", num_train), ("val", num_val)):
+        if not count:
+            continue
         run_python("-m", "data_tools.create_coco_tfrecord", f"--image_dir={directory}/shapes/{split}",
                    f"--object_annotations_file={directory}/shapes/annotations/instances_{split}.json",
                    f"--output_file_prefix={directory}/tf/{split}", f"--num_shards={num_shards}", "--num_processes=1")
