@@ -35,7 +35,8 @@ _PATHS = {
     **{name: f"train.{name}" for name in (
         "train_batch_size", "num_epochs", "train_steps", "base_learning_rate", "lr_reference_batch", "lr_schedule",
         "warmup_epochs", "warmup_steps", "cosine_alpha", "lr_boundaries", "lr_gamma", "momentum", "weight_decay",
-        "weight_decay_mode", "exclude_bn_bias_from_weight_decay", "precision", "xla", "deterministic_ops",
+        "weight_decay_mode", "exclude_bn_bias_from_weight_decay", "bias_lr_factor", "bias_weight_decay",
+        "steps_reference_batch", "precision", "xla", "deterministic_ops",
         "steps_per_loop",
         "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "seed", "backbone_checkpoint")},
     "resnet_checkpoint": "train.backbone_checkpoint",  # the seed's name, kept as an alias
@@ -178,6 +179,7 @@ def build_config():
             flag = _flag_for(path)
             raise UsageError(f"{flag}={value}: {e}") from None
     _resolve_length_pairs(cfg, set(values) | _paths_in(file_values or {}))
+    _resolve_step_scale(cfg, set(values) | _paths_in(file_values or {}))
     if FLAGS.augmentation is not None and FLAGS.mode not in _TRAINED_MODES:
         _apply_augmentation(cfg, FLAGS.augmentation)
     try:
@@ -218,6 +220,24 @@ def _resolve_length_pairs(cfg, given: set) -> None:
         elif epochs in given and steps in given and get_value(cfg, steps) not in (0, -1):
             print(f"note: {_flag_for(steps)}={get_value(cfg, steps)} and {_flag_for(epochs)}={get_value(cfg, epochs)} "
                   f"both given; {what} follows {_flag_for(steps)}", file=sys.stderr, flush=True)
+
+
+def _resolve_step_scale(cfg, given: set) -> None:
+    """Step counts the user gives (--train_steps, --lr_boundaries in steps) are taken as given: a preset that counts
+    its recipe's steps at a reference batch (train.steps_reference_batch) stops rescaling unless the user sets
+    --steps_reference_batch too."""
+    from ssd_tf.config import set_value
+
+    t = cfg.train
+    if not t.steps_reference_batch or "train.steps_reference_batch" in given:
+        return
+    user_steps = ("train.train_steps" in given and t.train_steps) or (
+        "train.lr_boundaries" in given and any(b >= 1 for b in t.lr_boundaries))
+    if user_steps:
+        print(f"note: step counts given by flag are used as given (the preset counts its steps at a global batch of "
+              f"{t.steps_reference_batch} and rescales them; pass --steps_reference_batch={t.steps_reference_batch} "
+              f"to rescale yours too)", file=sys.stderr, flush=True)
+        set_value(cfg, "train.steps_reference_batch", 0)
 
 
 def _apply_augmentation(cfg, name: str) -> None:
