@@ -78,35 +78,13 @@ def _flag_values() -> dict:
 
 def _params_override(items: list) -> dict:
     """--params_override 'a.b=1,c.d=[1, 2]' (repeatable) -> {dotted path: value}; values parsed as YAML."""
-    import yaml
-
+    from ssd_tf.config import ConfigError, parse_overrides
     from ssd_tf.run import UsageError
 
-    out = {}
-    for item in items:
-        for part in _split_top_level(item):
-            if "=" not in part:
-                raise UsageError(f"--params_override={item}: '{part}' is not path=value")
-            path, text = (t.strip() for t in part.split("=", 1))
-            try:
-                out[path] = yaml.safe_load(text) if text else ""
-            except yaml.YAMLError:
-                raise UsageError(f"--params_override={item}: cannot read the value of {path}: {text!r}") from None
-    return out
-
-
-def _split_top_level(text: str) -> list:
-    """Splits at commas outside brackets ('a=[1, 2],b=3' -> ['a=[1, 2]', 'b=3'])."""
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch in "[{(" and 1 or 0
-        depth -= ch in "]})" and 1 or 0
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    return [p.strip() for p in parts + [current] if p.strip()]
+    try:
+        return parse_overrides(items)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def _in_flag_terms(message: str, values: dict) -> str:

@@ -362,6 +362,38 @@ def set_value(cfg, path: str, value) -> None:
         return
 
 
+def parse_overrides(items) -> dict:
+    """``--params_override`` values, 'a.b=1,c.d=[1, 2]' (one or several strings) -> {dotted path: value}, each value
+    read as YAML; commas inside brackets do not split. ConfigError names a part that is not path=value."""
+    import yaml
+
+    out = {}
+    for item in ([items] if isinstance(items, str) else items):
+        for part in _split_top_level(item):
+            if "=" not in part:
+                raise ConfigError(f"--params_override={item}: '{part}' is not path=value")
+            path, text = (t.strip() for t in part.split("=", 1))
+            try:
+                out[path] = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError:
+                raise ConfigError(f"--params_override={item}: cannot read the value of {path}: {text!r}") from None
+    return out
+
+
+def _split_top_level(text: str) -> list:
+    """Splits at commas outside brackets ('a=[1, 2],b=3' -> ['a=[1, 2]', 'b=3'])."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p.strip() for p in parts + [current] if p.strip()]
+
+
 def merge(cfg: Config, overrides: dict, path: str = "") -> Config:
     """Applies a nested mapping of values onto ``cfg`` (in place; returns it). A mapping value for a nested
     config part merges into it; anything else replaces the field."""
