@@ -1,12 +1,13 @@
-"""Convert reference weights (PyTorch state dicts) into a Keras ``.weights.h5`` for one of the
+"""Convert reference weights (PyTorch state dicts, Detectron pickles) into a Keras ``.weights.h5`` for one of the
 package's models.
 
 python -m ssd_tf.weights.convert --source {torchvision_ssd300_vgg16,ssd_pytorch,ssd_pytorch_vgg16_reducedfc,
     torchvision_resnet34,torchvision_ssd_resnet34,mlperf_ssd_r34,torchvision_fasterrcnn_resnet50_fpn,
-    torchvision_resnet50,torchvision_resnet101}
+    torchvision_resnet50,torchvision_resnet101,maskrcnn_benchmark,detectron_resnet50,detectron_resnet101}
     --input FILE --output FILE.weights.h5 [--model NAME] [--num_classes N] [--params_override PATH=VALUE,...]
 
-Backbone-only sources (ssd_pytorch_vgg16_reducedfc, torchvision_resnet34, torchvision_resnet50/101) leave the other layers at their initialisation and say so. ``--params_override`` sets model
+Backbone-only sources (ssd_pytorch_vgg16_reducedfc, torchvision_resnet34, torchvision_resnet50/101,
+detectron_resnet50/101) leave the other layers at their initialisation and say so. ``--params_override`` sets model
 config values by dotted path as ``ssd_main.py`` does (``model.backbone.depth=101``); each source says which model
 configs it fits. The output loads with ``ssd_tf.build_model(model, num_classes, weights=FILE)`` (with the same
 overrides as model options) or ``ssd_main.py --backbone_checkpoint=FILE`` / ``--checkpoint=FILE``.
@@ -31,7 +32,9 @@ class Source(NamedTuple):
 _VGG = lambda m: m.family == "ssd" and m.backbone == "vgg16_reduced_fc"  # noqa: E731
 _R34 = lambda m: m.family == "ssd" and m.backbone == "resnet34_mlperf"  # noqa: E731
 _FRCNN = lambda m: m.family == "faster_rcnn" and not m.backbone.stride_in_1x1  # noqa: E731 (torchvision v1.5 blocks)
+_MSRA = lambda m: m.family == "faster_rcnn" and m.backbone.stride_in_1x1  # noqa: E731 (MSRA blocks: stride on 1x1)
 _TV_FRCNN = "Faster R-CNN with torchvision's bottleneck (model.backbone.stride_in_1x1=false)"
+_MRB_FRCNN = "Faster R-CNN with the MSRA bottleneck (model.backbone.stride_in_1x1=true)"
 
 
 def _depth(fits, depth):
@@ -56,6 +59,13 @@ SOURCES = {
                                    _depth(_FRCNN, 50), _TV_FRCNN + " at depth 50"),
     "torchvision_resnet101": Source("torchvision_frcnn", "load_torchvision_resnet", "faster_rcnn_r50_fpn",
                                     {"backbone.depth": 101}, True, _depth(_FRCNN, 101), _TV_FRCNN + " at depth 101"),
+    # maskrcnn-benchmark e2e_faster_rcnn_R_{50,101}_FPN checkpoints and Detectron's ImageNet R-50 / R-101 pickles
+    "maskrcnn_benchmark": Source("maskrcnn_benchmark", "load_maskrcnn_benchmark", "faster_rcnn_r101_fpn", {}, False,
+                                 _MSRA, _MRB_FRCNN),
+    "detectron_resnet50": Source("maskrcnn_benchmark", "load_detectron_resnet", "faster_rcnn_r101_fpn",
+                                 {"backbone.depth": 50}, True, _depth(_MSRA, 50), _MRB_FRCNN + " at depth 50"),
+    "detectron_resnet101": Source("maskrcnn_benchmark", "load_detectron_resnet", "faster_rcnn_r101_fpn", {}, True,
+                                  _depth(_MSRA, 101), _MRB_FRCNN + " at depth 101"),
 }
 
 
@@ -97,7 +107,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m ssd_tf.weights.convert", description=__doc__.split("\n")[0])
     parser.add_argument("--source", required=True, choices=sorted(SOURCES))
     parser.add_argument("--input", required=True, type=pathlib.Path,
-                        help="PyTorch state dict / checkpoint (.pth)")
+                        help="PyTorch state dict / checkpoint (.pth), or a Detectron weights pickle (.pkl)")
     parser.add_argument("--output", required=True, type=pathlib.Path, help="Keras weights file (*.weights.h5)")
     parser.add_argument("--model", default=None, help="model preset (default depends on --source)")
     parser.add_argument("--num_classes", type=int, default=None, help="classes incl. background (preset default)")
