@@ -117,9 +117,12 @@ def build_config():
     if os.path.exists(os.path.join(FLAGS.model_dir, "config.json")):
         saved = config_lib.load(FLAGS.model_dir)
     file_values = config_lib.read_config_file(FLAGS.config_file) if FLAGS.config_file else None
-    if FLAGS.mode in _TRAINED_MODES and saved is None:
+    from ssd_tf.training.checkpoints import is_weights_file
+
+    if FLAGS.mode in _TRAINED_MODES and saved is None and not is_weights_file(FLAGS.checkpoint):
         raise UsageError(f"--mode={FLAGS.mode}: {FLAGS.model_dir} has no config.json, so nothing was trained there; "
-                         f"train first or point --model_dir at a trained model")
+                         f"train first, point --model_dir at a trained model, or give --checkpoint=FILE.weights.h5 "
+                         f"(e.g. converted reference weights) with --model")
     if saved is not None:
         if FLAGS["model"].present and FLAGS.model != saved.model.name:
             if FLAGS.mode in _TRAINED_MODES:
@@ -250,8 +253,8 @@ def check_inference_flags(cfg):
     if cfg.eval.best_metric and FLAGS.mode in ("train", "train_and_eval", "eval"):
         checkpoints.check_best_metric(cfg.eval.best_metric, cfg.eval.best_metric_mode, cfg.eval.eval_metric,
                                       cfg.data.class_names)
-    if FLAGS.mode == "eval" and FLAGS.checkpoint == "best":
-        checkpoints.resolve_checkpoint(cfg.runtime.model_dir, "best")
+    if FLAGS.mode == "eval" and (FLAGS.checkpoint == "best" or checkpoints.is_weights_file(FLAGS.checkpoint)):
+        checkpoints.resolve_checkpoint(cfg.runtime.model_dir, FLAGS.checkpoint)
     if FLAGS.mode == "predict":
         from ssd_tf.inference import predict
 

@@ -324,6 +324,7 @@ def _setup(cfg: Config, cluster, collective_timeout, log=_print):
 # ----------------------------------------------------------------------------------------------- results
 def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict) -> None:
     """``model_dir/eval_results.json``: the latest evaluation and the history of every checkpoint evaluated."""
+    os.makedirs(model_dir, exist_ok=True)  # evaluating a weights file: the directory may be new
     path = os.path.join(model_dir, "eval_results.json")
     record = {"step": step, "checkpoint": checkpoint, **metrics}
     history = []
@@ -544,9 +545,19 @@ def checkpoints_to_evaluate(cfg: Config, checkpoint: Optional[str] = None, all_c
 
 
 def restore_model(cfg: Config, model, path: str) -> int:
-    """Restores the model weights of a training checkpoint; returns its step."""
+    """Restores the model weights of a training checkpoint (returns its step) or of a Keras ``.weights.h5`` file
+    such as the converter's (step 0)."""
     import tensorflow as tf
 
+    from ssd_tf.training.checkpoints import is_weights_file
+
+    if is_weights_file(path):
+        try:
+            model.load_weights(path)
+        except (ValueError, OSError) as e:
+            raise UsageError(f"--checkpoint={path} does not fit a {cfg.model.name} model with "
+                             f"{cfg.model.num_classes} classes: {str(e).splitlines()[0][:300]}") from None
+        return 0
     ckpt = tf.train.Checkpoint(model=model)
     try:
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()
