@@ -152,7 +152,9 @@ def build_config():
     file_values = {**(file_values or {}), **{p: v for p, v in overrides.items()}}
     values = _flag_values()
     if FLAGS.mode in _TRAINED_MODES:
-        values = {p: v for p, v in values.items() if not p.startswith(_TRAIN_ONLY)}
+        # a weights file has no saved config: its compute precision is the one asked for
+        keep = ("train.precision",) if saved is None else ()
+        values = {p: v for p, v in values.items() if p in keep or not p.startswith(_TRAIN_ONLY)}
     for path, value in values.items():
         try:
             config_lib.set_value(cfg, path, value)

@@ -71,11 +71,13 @@ def test_ssd_main_builds_the_config_of_a_weights_file_from_the_preset(tmp_path):
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
 
     out = build("--mode=eval", "--model=faster_rcnn_r101_fpn", f"--model_dir={tmp_path / 'new'}",
-                f"--checkpoint={weights}", f"--params_override={OVERRIDES}")
+                f"--checkpoint={weights}", f"--params_override={OVERRIDES}", "--precision=fp32", "--momentum=0.5")
     assert out.returncode == 0, out.stderr
     cfg = json.loads(out.stdout)
     assert cfg["model"]["name"] == "faster_rcnn_r101_fpn" and cfg["model"]["pixel_offset"] == 1.0
     assert cfg["model"]["backbone"]["depth"] == 50
+    # --precision applies (no saved config says otherwise); other training flags are ignored as in any evaluation
+    assert cfg["train"]["precision"] == "fp32" and cfg["train"]["momentum"] == 0.9
     # without a weights file a fresh directory is still an error that says what to do
     out = build("--mode=eval", "--model=faster_rcnn_r101_fpn", f"--model_dir={tmp_path / 'new'}")
     assert out.returncode != 0 and "--checkpoint=FILE.weights.h5" in out.stderr
