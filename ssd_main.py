@@ -35,7 +35,8 @@ _PATHS = {
     **{name: f"train.{name}" for name in (
         "train_batch_size", "num_epochs", "train_steps", "base_learning_rate", "lr_reference_batch", "lr_schedule",
         "warmup_epochs", "warmup_steps", "cosine_alpha", "lr_boundaries", "lr_gamma", "momentum", "weight_decay",
-        "weight_decay_mode", "exclude_bn_bias_from_weight_decay", "precision", "xla", "deterministic_ops",
+        "weight_decay_mode", "exclude_bn_bias_from_weight_decay", "bias_lr_factor", "bias_weight_decay",
+        "steps_reference_batch", "precision", "xla", "deterministic_ops",
         "steps_per_loop",
         "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "seed", "backbone_checkpoint")},
     "resnet_checkpoint": "train.backbone_checkpoint",  # the seed's name, kept as an alias
@@ -77,35 +78,13 @@ def _flag_values() -> dict:
 
 def _params_override(items: list) -> dict:
     """--params_override 'a.b=1,c.d=[1, 2]' (repeatable) -> {dotted path: value}; values parsed as YAML."""
-    import yaml
-
+    from ssd_tf.config import ConfigError, parse_overrides
     from ssd_tf.run import UsageError
 
-    out = {}
-    for item in items:
-        for part in _split_top_level(item):
-            if "=" not in part:
-                raise UsageError(f"--params_override={item}: '{part}' is not path=value")
-            path, text = (t.strip() for t in part.split("=", 1))
-            try:
-                out[path] = yaml.safe_load(text) if text else ""
-            except yaml.YAMLError:
-                raise UsageError(f"--params_override={item}: cannot read the value of {path}: {text!r}") from None
-    return out
-
-
-def _split_top_level(text: str) -> list:
-    """Splits at commas outside brackets ('a=[1, 2],b=3' -> ['a=[1, 2]', 'b=3'])."""
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch in "[{(" and 1 or 0
-        depth -= ch in "]})" and 1 or 0
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    return [p.strip() for p in parts + [current] if p.strip()]
+    try:
+        return parse_overrides(items)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def _in_flag_terms(message: str, values: dict) -> str:
@@ -138,9 +117,12 @@ def build_config():
     if os.path.exists(os.path.join(FLAGS.model_dir, "config.json")):
         saved = config_lib.load(FLAGS.model_dir)
     file_values = config_lib.read_config_file(FLAGS.config_file) if FLAGS.config_file else None
-    if FLAGS.mode in _TRAINED_MODES and saved is None:
+    from ssd_tf.training.checkpoints import is_weights_file
+
+    if FLAGS.mode in _TRAINED_MODES and saved is None and not is_weights_file(FLAGS.checkpoint):
         raise UsageError(f"--mode={FLAGS.mode}: {FLAGS.model_dir} has no config.json, so nothing was trained there; "
-                         f"train first or point --model_dir at a trained model")
+                         f"train first, point --model_dir at a trained model, or give --checkpoint=FILE.weights.h5 "
+                         f"(e.g. converted reference weights) with --model")
     if saved is not None:
         if FLAGS["model"].present and FLAGS.model != saved.model.name:
             if FLAGS.mode in _TRAINED_MODES:
@@ -170,7 +152,9 @@ def build_config():
     file_values = {**(file_values or {}), **{p: v for p, v in overrides.items()}}
     values = _flag_values()
     if FLAGS.mode in _TRAINED_MODES:
-        values = {p: v for p, v in values.items() if not p.startswith(_TRAIN_ONLY)}
+        # a weights file has no saved config: its compute precision is the one asked for
+        keep = ("train.precision",) if saved is None else ()
+        values = {p: v for p, v in values.items() if p in keep or not p.startswith(_TRAIN_ONLY)}
     for path, value in values.items():
         try:
             config_lib.set_value(cfg, path, value)
@@ -178,6 +162,7 @@ def build_config():
             flag = _flag_for(path)
             raise UsageError(f"{flag}={value}: {e}") from None
     _resolve_length_pairs(cfg, set(values) | _paths_in(file_values or {}))
+    _resolve_step_scale(cfg, set(values) | _paths_in(file_values or {}))
     if FLAGS.augmentation is not None and FLAGS.mode not in _TRAINED_MODES:
         _apply_augmentation(cfg, FLAGS.augmentation)
     try:
@@ -220,6 +205,24 @@ def _resolve_length_pairs(cfg, given: set) -> None:
                   f"both given; {what} follows {_flag_for(steps)}", file=sys.stderr, flush=True)
 
 
+def _resolve_step_scale(cfg, given: set) -> None:
+    """Step counts the user gives (--train_steps, --lr_boundaries in steps) are taken as given: a preset that counts
+    its recipe's steps at a reference batch (train.steps_reference_batch) stops rescaling unless the user sets
+    --steps_reference_batch too."""
+    from ssd_tf.config import set_value
+
+    t = cfg.train
+    if not t.steps_reference_batch or "train.steps_reference_batch" in given:
+        return
+    user_steps = ("train.train_steps" in given and t.train_steps) or (
+        "train.lr_boundaries" in given and any(b >= 1 for b in t.lr_boundaries))
+    if user_steps:
+        print(f"note: step counts given by flag are used as given (the preset counts its steps at a global batch of "
+              f"{t.steps_reference_batch} and rescales them; pass --steps_reference_batch={t.steps_reference_batch} "
+              f"to rescale yours too)", file=sys.stderr, flush=True)
+        set_value(cfg, "train.steps_reference_batch", 0)
+
+
 def _apply_augmentation(cfg, name: str) -> None:
     from ssd_tf.run import UsageError
 
@@ -252,8 +255,8 @@ def check_inference_flags(cfg):
     if cfg.eval.best_metric and FLAGS.mode in ("train", "train_and_eval", "eval"):
         checkpoints.check_best_metric(cfg.eval.best_metric, cfg.eval.best_metric_mode, cfg.eval.eval_metric,
                                       cfg.data.class_names)
-    if FLAGS.mode == "eval" and FLAGS.checkpoint == "best":
-        checkpoints.resolve_checkpoint(cfg.runtime.model_dir, "best")
+    if FLAGS.mode == "eval" and (FLAGS.checkpoint == "best" or checkpoints.is_weights_file(FLAGS.checkpoint)):
+        checkpoints.resolve_checkpoint(cfg.runtime.model_dir, FLAGS.checkpoint)
     if FLAGS.mode == "predict":
         from ssd_tf.inference import predict
 

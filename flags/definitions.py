@@ -22,7 +22,8 @@ def define_data_flags():
 
 def define_model_flags():
     flags.DEFINE_string("model", "ssd_resnet34", "Model preset: ssd_resnet34 | ssd_vgg16 | ssd_vgg16_voc | "
-                        "faster_rcnn_r50_fpn | faster_rcnn_r101_fpn (each a complete config: model and recipe).")
+                        "faster_rcnn_r50_fpn (torchvision) | faster_rcnn_r101_fpn (maskrcnn-benchmark) (each a "
+                        "complete config: model and recipe).")
     flags.DEFINE_string("config_file", None, "Starting config: a saved config.json or a hand-written JSON/YAML "
                         "subset such as {model: {name: ssd_vgg16, postprocess: {score_threshold: 0.1}}, train: "
                         "{momentum: 0.8}}; flags override it.")
@@ -62,6 +63,12 @@ def define_train_flags():
     flags.DEFINE_enum("weight_decay_mode", None, ["coupled", "decoupled"], "coupled: L2 folded into the gradient "
                       "(the references); decoupled: w -= lr*wd*w.")
     flags.DEFINE_bool("exclude_bn_bias_from_weight_decay", None, "No weight decay on BN parameters and biases.")
+    flags.DEFINE_float("bias_lr_factor", None, "Learning-rate factor of layer biases (maskrcnn-benchmark: 2).")
+    flags.DEFINE_float("bias_weight_decay", None, "Weight decay of layer biases: 0 (maskrcnn-benchmark) or the "
+                       "weight decay (default: biases decay like every weight).")
+    flags.DEFINE_integer("steps_reference_batch", None, "Global batch at which --train_steps and --lr_boundaries in "
+                         "steps are counted; they are rescaled to the run's global batch (0: taken as given; "
+                         "faster_rcnn_r101_fpn: 16, maskrcnn-benchmark's 90k iterations of 16 images).")
     flags.DEFINE_enum("loss_normalization", None, ["per_image", "per_batch"], "SSD models: loss normalisation.")
     flags.DEFINE_enum("precision", None, ["auto", "fp32", "fp16", "bf16"], "Compute precision; variables, "
                       "losses, box decoding and post-processing stay fp32. auto (default): bf16 where the hardware "

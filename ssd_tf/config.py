@@ -66,6 +66,16 @@ class TrainConfig:
     weight_decay: float = 5e-4
     weight_decay_mode: str = "coupled"  # coupled (L2 in the gradient, as the references) | decoupled
     exclude_bn_bias_from_weight_decay: bool = False
+    # Layer biases (variables named .../bias): learning rate x this factor (maskrcnn-benchmark BIAS_LR_FACTOR 2) ...
+    bias_lr_factor: float = 1.0
+    # ... and this weight decay: None = weight_decay like every weight, 0 = none (maskrcnn-benchmark
+    # WEIGHT_DECAY_BIAS 0); MomentumSGD excludes variables from decay, so other values are refused.
+    bias_weight_decay: Optional[float] = None
+    # > 0: train_steps and lr_boundaries given in steps (>= 1) count steps of this many images (the recipe's global
+    # batch) and are rescaled to the run's global batch (x reference / global batch), so a run sees the recipe's
+    # number of images whatever its batch; 0: steps are taken as given. Warmup steps are not rescaled (as
+    # maskrcnn-benchmark's README does for other batch sizes: MAX_ITER and STEPS scale, the warmup stays).
+    steps_reference_batch: int = 0
     precision: str = "auto"  # auto (bf16 where the hardware runs it natively, else fp32) | fp32 | fp16 | bf16
     xla: bool = False
     # TensorFlow op determinism: needed for bit-identical resume where a kernel is otherwise nondeterministic on
@@ -82,7 +92,11 @@ class TrainConfig:
         _positive(self, "train_batch_size", "lr_reference_batch", "steps_per_loop", "keep_checkpoints",
                   "base_learning_rate")
         _at_least(self, 0, "num_epochs", "train_steps", "warmup_epochs", "log_every_steps", "checkpoint_every_steps",
-                  "weight_decay", "cosine_alpha", "warmup_start_factor", "lr_gamma")
+                  "weight_decay", "cosine_alpha", "warmup_start_factor", "lr_gamma", "bias_lr_factor",
+                  "steps_reference_batch")
+        if self.bias_weight_decay is not None and self.bias_weight_decay not in (0.0, self.weight_decay):
+            raise ValueError(f"train.bias_weight_decay must be 0 (no decay on biases), the weight decay "
+                             f"({self.weight_decay}) or null (the same), got {self.bias_weight_decay}")
         _one_of(self, "lr_schedule", ("cosine", "multistep", "constant"))
         _one_of(self, "weight_decay_mode", ("coupled", "decoupled"))
         _one_of(self, "precision", ("auto", "fp32", "fp16", "bf16"))
@@ -343,6 +357,38 @@ def set_value(cfg, path: str, value) -> None:
             continue
         setattr(owner, name, new)
         return
+
+
+def parse_overrides(items) -> dict:
+    """``--params_override`` values, 'a.b=1,c.d=[1, 2]' (one or several strings) -> {dotted path: value}, each value
+    read as YAML; commas inside brackets do not split. ConfigError names a part that is not path=value."""
+    import yaml
+
+    out = {}
+    for item in ([items] if isinstance(items, str) else items):
+        for part in _split_top_level(item):
+            if "=" not in part:
+                raise ConfigError(f"--params_override={item}: '{part}' is not path=value")
+            path, text = (t.strip() for t in part.split("=", 1))
+            try:
+                out[path] = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError:
+                raise ConfigError(f"--params_override={item}: cannot read the value of {path}: {text!r}") from None
+    return out
+
+
+def _split_top_level(text: str) -> list:
+    """Splits at commas outside brackets ('a=[1, 2],b=3' -> ['a=[1, 2]', 'b=3'])."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p.strip() for p in parts + [current] if p.strip()]
 
 
 def merge(cfg: Config, overrides: dict, path: str = "") -> Config:

@@ -12,7 +12,18 @@ reference training recipe (REFERENCE_SPECS.md). The only place a preset name mea
 * ``faster_rcnn_r50_fpn``: torchvision ``fasterrcnn_resnet50_fpn`` (v1) and its recipe: 0.02 per 16 images,
   momentum 0.9, weight decay 1e-4 on every trainable weight, 26 epochs, x0.1 at epochs 16 and 22, linear warmup
   over 1,000 iterations from 1e-3; crowd boxes and images without boxes left out of training.
-* ``faster_rcnn_r101_fpn``: the same at depth 101.
+* ``faster_rcnn_r101_fpn``: maskrcnn-benchmark's ``e2e_faster_rcnn_R_101_FPN_1x`` (the seed's model, 81 contiguous
+  classes) with every convention where it differs from torchvision (REFERENCE_SPECS §3, §5): MSRA bottleneck
+  (stride on the 1x1), frozen BN epsilon 0, stem + res2 frozen; BGR 0-255 input minus (102.9801, 115.9465,
+  122.7717), std 1; shorter side 800 / longer <= 1333 with truncated sizes; Detectron anchors; the "+1" pixel
+  convention; RPN training ignores anchors crossing the border; training keeps the top 2000 proposals of each
+  per-device batch (1000 per image at 2 images per device; set ``model.rpn.post_nms_top_n_train`` to 1000 x the
+  per-device batch to keep that); no minimum box size; RoI box loss Smooth-L1 beta 1. Recipe: 0.02 per 16 images,
+  biases at 2x the learning rate and without weight decay, weight decay 1e-4, momentum 0.9, linear warmup over 500
+  iterations from 1/3, x0.1 at 60k and 80k of 90k iterations of 16 images (``steps_reference_batch``: the
+  iterations and drops scale with the global batch, e.g. 720k / 480k / 640k at 2 images; the warmup does not).
+  Either convention combines with either depth: ``model.backbone.depth=50`` gives the maskrcnn-benchmark R-50 model;
+  ``faster_rcnn_r50_fpn`` with ``model.backbone.depth=101`` torchvision's conventions at depth 101.
 """
 from __future__ import annotations
 
@@ -21,7 +32,8 @@ import math
 
 from ssd_tf.config import Config, DataConfig, EvalConfig, TrainConfig
 from ssd_tf.model_configs.common import Normalization
-from ssd_tf.model_configs.faster_rcnn import FasterRCNNModelConfig, ResNetBackbone
+from ssd_tf.model_configs.faster_rcnn import (FasterRCNNModelConfig, FPNAnchors, RCNNPostprocess, ResNetBackbone,
+                                              RoIHeadConfig, RPNConfig)
 from ssd_tf.model_configs.ssd import (MLPERF_AUGMENTATION, SSD_AUGMENTATION, SSDMatching, SSDModelConfig,
                                       SSDPostprocess)
 from ssd_tf.ops.anchors import AnchorSpec
@@ -90,12 +102,36 @@ def _faster_rcnn(name: str, depth: int) -> Config:
     return Config(model=model, data=data, train=train, eval=EvalConfig(eval_batch_size=2))
 
 
+# maskrcnn-benchmark's Caffe2 ImageNet models: BGR on the 0..255 scale minus these means, std 1 (TO_BGR255).
+MRB_NORMALIZATION = Normalization(scale=1.0, mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0),
+                                  channel_order="bgr")
+
+
+def _maskrcnn_benchmark(name: str, depth: int) -> Config:
+    """maskrcnn-benchmark e2e_faster_rcnn_R_{depth}_FPN_1x (module docstring)."""
+    model = FasterRCNNModelConfig(
+        name=name, num_classes=81,
+        backbone=ResNetBackbone(depth=depth, stride_in_1x1=True, frozen_bn_epsilon=0.0, trainable_layers=3),
+        anchors=FPNAnchors(style="detectron"),
+        rpn=RPNConfig(pre_nms_top_n_train=2000, post_nms_top_n_train=2000, pre_nms_top_n_test=1000,
+                      post_nms_top_n_test=1000, post_nms_per_batch=True, min_size=0.0, straddle_threshold=0.0),
+        roi=RoIHeadConfig(box_loss_beta=1.0),
+        postprocess=RCNNPostprocess(score_threshold=0.05, iou_threshold=0.5, max_detections=100, min_size=0.0),
+        pixel_offset=1.0, normalization=MRB_NORMALIZATION, min_size=800, max_size=1333, resize_rounding="truncate")
+    data = DataConfig(drop_crowd=True, drop_images_without_boxes=True)
+    train = TrainConfig(base_learning_rate=0.02, lr_reference_batch=16, lr_schedule="multistep", train_steps=90000,
+                        lr_boundaries=[60000, 80000], steps_reference_batch=16, warmup_epochs=0.0, warmup_steps=500,
+                        warmup_start_factor=1.0 / 3.0, momentum=0.9, weight_decay=1e-4, bias_lr_factor=2.0,
+                        bias_weight_decay=0.0, train_batch_size=2, deterministic_ops=True)
+    return Config(model=model, data=data, train=train, eval=EvalConfig(eval_batch_size=2))
+
+
 _PRESETS = {
     "ssd_resnet34": _ssd_resnet34,
     "ssd_vgg16": _ssd_vgg16,
     "ssd_vgg16_voc": _ssd_vgg16_voc,
     "faster_rcnn_r50_fpn": lambda: _faster_rcnn("faster_rcnn_r50_fpn", 50),
-    "faster_rcnn_r101_fpn": lambda: _faster_rcnn("faster_rcnn_r101_fpn", 101),
+    "faster_rcnn_r101_fpn": lambda: _maskrcnn_benchmark("faster_rcnn_r101_fpn", 101),
 }
 PRESETS = tuple(_PRESETS)
 

@@ -206,13 +206,29 @@ def steps_per_epoch(cfg: Config, global_batch: int) -> int:
     return max(1, n // global_batch) if n else 0
 
 
+def rescale_steps(cfg: Config, steps: float, global_batch: int) -> int:
+    """A step count of the recipe at the run's global batch: ``steps`` x ``train.steps_reference_batch`` / global
+    batch, rounded (the same number of images), or ``steps`` itself when ``steps_reference_batch`` is 0."""
+    ref = cfg.train.steps_reference_batch
+    if not ref:
+        return int(steps)
+    return max(1, int(round(steps * ref / global_batch)))
+
+
 def total_steps(cfg: Config, global_batch: int) -> int:
+    """Training length in steps: ``train.train_steps`` (rescaled by ``rescale_steps``) or the epochs' steps."""
     t = cfg.train
     if t.train_steps:
-        return int(t.train_steps)
+        return rescale_steps(cfg, t.train_steps, global_batch)
     if not t.num_epochs:
         raise UsageError("pass --num_epochs or --train_steps")
     return max(1, math.ceil(t.num_epochs * cfg.data.num_train_images / global_batch))
+
+
+def lr_boundary_steps(cfg: Config, global_batch: int, steps: int) -> list:
+    """``train.lr_boundaries`` in steps: fractions (< 1) of ``steps``, or steps (>= 1) rescaled by
+    ``rescale_steps``."""
+    return [int(round(b * steps)) if b < 1 else rescale_steps(cfg, b, global_batch) for b in cfg.train.lr_boundaries]
 
 
 def make_schedule(cfg: Config, global_batch: int, steps: int):
@@ -226,19 +242,27 @@ def make_schedule(cfg: Config, global_batch: int, steps: int):
         return schedules.WarmupCosine(lr, steps, warmup, alpha=t.cosine_alpha,
                                       warmup_start_factor=t.warmup_start_factor)
     if t.lr_schedule == "multistep":
-        bounds = [int(round(b * steps)) if b < 1 else int(b) for b in t.lr_boundaries]
+        bounds = lr_boundary_steps(cfg, global_batch, steps)
         return schedules.WarmupMultiStep(lr, bounds, gamma=t.lr_gamma, warmup_steps=warmup,
                                          warmup_start_factor=t.warmup_start_factor)
     return schedules.WarmupMultiStep(lr, [], warmup_steps=warmup, warmup_start_factor=t.warmup_start_factor)
+
+
+# A layer's bias variable (Conv2D / Dense ``.../bias``): what train.bias_lr_factor and train.bias_weight_decay
+# apply to (maskrcnn-benchmark: every parameter whose name contains "bias").
+BIAS_PATTERN = r"(^|/)bias$"
 
 
 def make_optimizer_fn(cfg: Config, schedule):
     from ssd_tf.training.optimizer import MomentumSGD
 
     t = cfg.train
+    lr_multipliers = {BIAS_PATTERN: float(t.bias_lr_factor)} if t.bias_lr_factor != 1.0 else None
+    no_decay = [BIAS_PATTERN] if t.bias_weight_decay == 0.0 and t.weight_decay else None
     return lambda: MomentumSGD(learning_rate=schedule, momentum=t.momentum, weight_decay=t.weight_decay,
                                weight_decay_mode=t.weight_decay_mode,
-                               exclude_bn_and_bias=t.exclude_bn_bias_from_weight_decay)
+                               exclude_bn_and_bias=t.exclude_bn_bias_from_weight_decay,
+                               exclude_from_weight_decay=no_decay, lr_multipliers=lr_multipliers)
 
 
 # ----------------------------------------------------------------------------------------------- strategy
@@ -300,6 +324,7 @@ def _setup(cfg: Config, cluster, collective_timeout, log=_print):
 # ----------------------------------------------------------------------------------------------- results
 def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict) -> None:
     """``model_dir/eval_results.json``: the latest evaluation and the history of every checkpoint evaluated."""
+    os.makedirs(model_dir, exist_ok=True)  # evaluating a weights file: the directory may be new
     path = os.path.join(model_dir, "eval_results.json")
     record = {"step": step, "checkpoint": checkpoint, **metrics}
     history = []
@@ -447,6 +472,11 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
         config_lib.save(_persistent(cfg), model_dir)
         log(f"Model {cfg.model.name} ({cfg.model.family}): {trainer.model.count_params():,} parameters; "
             f"{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, {steps} steps")
+        if t.steps_reference_batch and t.steps_reference_batch != global_batch:
+            log(f"The recipe counts steps of {t.steps_reference_batch} images (train.steps_reference_batch): "
+                f"train_steps {t.train_steps or '(from epochs)'} -> {steps}, lr_boundaries {list(t.lr_boundaries)} "
+                f"-> {lr_boundary_steps(cfg, global_batch, steps)} at global batch {global_batch}; warmup_steps "
+                f"unchanged")
         log("Config: " + json.dumps(cfg.to_dict(), sort_keys=True))
 
     def evaluate_fn(step):
@@ -515,9 +545,19 @@ def checkpoints_to_evaluate(cfg: Config, checkpoint: Optional[str] = None, all_c
 
 
 def restore_model(cfg: Config, model, path: str) -> int:
-    """Restores the model weights of a training checkpoint; returns its step."""
+    """Restores the model weights of a training checkpoint (returns its step) or of a Keras ``.weights.h5`` file
+    such as the converter's (step 0)."""
     import tensorflow as tf
 
+    from ssd_tf.training.checkpoints import is_weights_file
+
+    if is_weights_file(path):
+        try:
+            model.load_weights(path)
+        except (ValueError, OSError) as e:
+            raise UsageError(f"--checkpoint={path} does not fit a {cfg.model.name} model with "
+                             f"{cfg.model.num_classes} classes: {str(e).splitlines()[0][:300]}") from None
+        return 0
     ckpt = tf.train.Checkpoint(model=model)
     try:
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()

@@ -6,8 +6,9 @@ Per image (REFERENCE_SPECS §3.7):
   min(min_size / shorter side, max_size / longer side), output size floor(side * scale), bilinear with half-pixel
   centres = ``F.interpolate(align_corners=False)``) or maskrcnn-benchmark's (``"truncate"``: its integer
   ``Resize.get_size``);
-* training: horizontal flip with probability ``flip_prob`` (x' = W - x, or W - x - 1 with ``pixel_offset`` 1),
-  stateless in the example's seed;
+* training: boxes in pixels of the resized image (``pixel_offset`` 1: maskrcnn-benchmark's inclusive pixels, see
+  ``_pixel_boxes``), horizontal flip with probability ``flip_prob`` (x' = W - x, or W - x - 1 with ``pixel_offset``
+  1), stateless in the example's seed;
 * the config's normalisation (RGB 0-1 mean/std, or BGR 0-255 mean only), then zero padding (0 in normalised
   space, as torchvision pads after normalising) to one fixed canvas per orientation: landscape (h <= w)
   ceil32(min_size) x ceil32(max_size), portrait the transpose. A run therefore sees two input shapes.
@@ -123,7 +124,9 @@ class RCNNParser:
         if is_training:
             keep = decoded["train_keep"]
             boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
-            pixels = tf.clip_by_value(boxes, 0.0, 1.0) * tf.cast(tf.stack([new_h, new_w, new_h, new_w]), tf.float32)
+            pixels, keep = self._pixel_boxes(boxes, height, width, new_h, new_w)
+            if keep is not None:
+                pixels, classes = tf.boolean_mask(pixels, keep), tf.boolean_mask(classes, keep)
             flip = tf.random.stateless_uniform([], seed=seed) < m.flip_prob
             image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
             pixels = tf.cond(flip, lambda: self._flip_boxes(pixels, new_w), lambda: pixels)
@@ -138,6 +141,21 @@ class RCNNParser:
                       "num_boxes": tf.minimum(tf.shape(boxes)[0], m_)}
         image = normalize_image(image, m.normalization)
         return self._pad(image, new_h, new_w), labels
+
+    def _pixel_boxes(self, boxes, height, width, new_h, new_w):
+        """Normalised training boxes [N, 4] -> (boxes in pixels of the resized image, keep mask or None).
+
+        ``pixel_offset`` 0: ``clip(box, 0, 1) * resized size``. ``pixel_offset`` 1 (maskrcnn-benchmark's COCO
+        dataset): inclusive pixels of the original image, xmax = x + w - 1, clipped to [0, size - 1]; boxes left
+        with xmax <= xmin or ymax <= ymin are dropped; then scaled by resized / original size."""
+        resized = tf.cast(tf.stack([new_h, new_w, new_h, new_w]), tf.float32)
+        if not self.model.pixel_offset:
+            return tf.clip_by_value(boxes, 0.0, 1.0) * resized, None
+        original = tf.cast(tf.stack([height, width, height, width]), tf.float32)
+        pixels = boxes * original - tf.constant([0.0, 0.0, 1.0, 1.0])
+        pixels = tf.clip_by_value(pixels, 0.0, original - 1.0)
+        keep = (pixels[:, 2] > pixels[:, 0]) & (pixels[:, 3] > pixels[:, 1])
+        return pixels * (resized / original), keep
 
     def _flip_boxes(self, boxes, width):
         w = tf.cast(width, tf.float32) - float(self.model.pixel_offset)

@@ -1,4 +1,5 @@
-"""Faster R-CNN with a ResNet-50/101 FPN backbone, faithful to torchvision's ``fasterrcnn_resnet50_fpn`` (v1).
+"""Faster R-CNN with a ResNet-50/101 FPN backbone, faithful to torchvision's ``fasterrcnn_resnet50_fpn`` (v1) or, by
+config values, to maskrcnn-benchmark's ``e2e_faster_rcnn_R_101_FPN_1x``.
 
 Public API
 ----------
@@ -53,6 +54,22 @@ Pieces used by the parity tests and the benchmark: ``dense_forward`` (pyramid + 
 Mixed precision: the backbone, FPN and heads follow the global dtype policy; RPN outputs, RoIAlign, the box-head
 outputs, losses and post-processing are float32.
 
+Conventions (REFERENCE_SPECS §3, §5), each a value of the model config; torchvision's are the defaults:
+
+* ``backbone.stride_in_1x1`` (MSRA bottleneck), ``backbone.frozen_bn_epsilon``, ``normalization`` (the parser's);
+* ``anchors.style="detectron"``: Detectron cell anchors on the fixed ``anchors.strides``;
+* ``pixel_offset=1``: maskrcnn-benchmark's "+1" pixel convention in the box coder (RPN and box head, encode and
+  decode), the IoU of both matchers, every NMS, the box area of the RoI level mapper (with its eps inside the log),
+  clipping to [0, size - 1] and the minimum-size filters (the parser's flip and the COCO export follow the same
+  value);
+* ``rpn.straddle_threshold`` (not None): anchors not inside the image by that margin are ignored in RPN training;
+* ``rpn.post_nms_per_batch``: in training, the ``rpn.post_nms_top_n_train`` best proposals of the whole batch
+  this model is called on (one device's batch under a distribution strategy), not of each image, so the number of
+  proposals per image depends on the per-device batch (maskrcnn-benchmark: 2000 for 2 images per GPU);
+* ``roi.box_loss_beta`` / ``rpn.box_loss_beta``: the Smooth-L1 betas.
+
+With every value at torchvision's, the model computes exactly what it did before these options existed.
+
 Known difference from torchvision, by design: RoIAlign uses the fixed level scales 1/4..1/32. torchvision infers
 them from the largest true image size of the batch, which gives the same scales unless the largest image of a
 batch fills less than ~71 % of the padded height or width (impossible in torchvision, which pads to that image).
@@ -72,7 +89,7 @@ from ssd_tf.models.backbones.resnet import scaled_channels
 from ssd_tf.models.backbones.resnet_fpn import resnet_fpn_backbone
 from ssd_tf.models.rcnn_heads import BoxHead, RPNHead
 from ssd_tf.ops import box_coder
-from ssd_tf.ops.grid_anchors import grid_anchors
+from ssd_tf.ops.grid_anchors import anchor_visibility, grid_anchors
 from ssd_tf.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_boxes
 from ssd_tf.ops.rcnn_postprocess import rcnn_detections
 from ssd_tf.ops.roi_align import multilevel_roi_align
@@ -109,17 +126,12 @@ class FasterRCNN(keras.Model):
     def __init__(self, cfg: FasterRCNNModelConfig, jit_compile_dense=False, **kwargs):
         kwargs.setdefault("name", cfg.name or f"faster_rcnn_r{cfg.backbone.depth}_fpn")
         super().__init__(**kwargs)
-        if cfg.pixel_offset != 0.0 or cfg.anchors.style != "torchvision":
-            raise NotImplementedError("maskrcnn-benchmark conventions (pixel_offset=1, detectron anchors) are not "
-                                      "implemented yet; this model follows torchvision")
-        if cfg.rpn.straddle_threshold is not None or cfg.rpn.post_nms_per_batch:
-            raise NotImplementedError("rpn.straddle_threshold / rpn.post_nms_per_batch (maskrcnn-benchmark) are not "
-                                      "implemented yet")
         if cfg.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {cfg.num_classes}")
         if len(cfg.anchors.sizes) != 5:
             raise ValueError(f"anchors.sizes needs one size per level P2..P6 (5), got {cfg.anchors.sizes}")
         self.cfg = cfg
+        self.plus_one = cfg.pixel_offset == 1.0  # maskrcnn-benchmark's "+1" pixel convention
         self.jit_compile_dense = bool(jit_compile_dense)
         width = cfg.width_multiplier
         self.fpn_channels = scaled_channels(cfg.fpn_channels, width)
@@ -176,13 +188,17 @@ class FasterRCNN(keras.Model):
         """Anchors [N, 4] yxyx pixels (P2..P6, (y, x, a) order) and the number of anchors per level."""
         image_size = (_static_or_dynamic(images, 1), _static_or_dynamic(images, 2))
         feature_sizes = [(_static_or_dynamic(f, 1), _static_or_dynamic(f, 2)) for f in features]
-        anchors = grid_anchors(image_size, feature_sizes, sizes=self.cfg.anchors.sizes,
-                               aspect_ratios=self.cfg.anchors.aspect_ratios, style=self.cfg.anchors.style)
+        spec = self.cfg.anchors
+        # torchvision infers each level's stride from the image and feature sizes; Detectron uses the fixed ones.
+        strides = tuple(spec.strides) if spec.style == "detectron" else None
+        anchors = grid_anchors(image_size, feature_sizes, sizes=spec.sizes, aspect_ratios=spec.aspect_ratios,
+                               style=spec.style, strides=strides)
         level_sizes = [h * w * self.num_cell_anchors for h, w in feature_sizes]
         return anchors, level_sizes
 
     def propose(self, objectness, deltas, anchors, level_sizes, image_shape, training=False):
-        """RPN proposals: (boxes [B, P, 4], scores [B, P], valid [B, P]), P = post-NMS top-n, best first."""
+        """RPN proposals: (boxes [B, P, 4], scores [B, P], valid [B, P]), P = post-NMS top-n, best first.
+        With ``rpn.post_nms_per_batch``, training keeps the top-n of the whole batch (each image's share a prefix)."""
         rpn = self.cfg.rpn
         out = rpn_proposals(
             tf.stop_gradient(tf.cast(objectness, tf.float32)), tf.stop_gradient(tf.cast(deltas, tf.float32)),
@@ -190,7 +206,8 @@ class FasterRCNN(keras.Model):
             pre_nms_top_n=rpn.pre_nms_top_n_train if training else rpn.pre_nms_top_n_test,
             post_nms_top_n=rpn.post_nms_top_n_train if training else rpn.post_nms_top_n_test,
             nms_threshold=rpn.nms_threshold, min_size=rpn.min_size, score_threshold=rpn.score_threshold,
-            weights=rpn.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip)
+            weights=rpn.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip, plus_one=self.plus_one,
+            post_nms_per_batch=bool(rpn.post_nms_per_batch and training))
         return out["proposals"], out["scores"], out["valid"]
 
     def box_head_outputs(self, features, rois):
@@ -202,7 +219,7 @@ class FasterRCNN(keras.Model):
         method = "gather" if dtype == tf.float64 else "crop_and_resize"  # crop_and_resize samples in float32
         pooled = multilevel_roi_align(
             [tf.cast(f, dtype) for f in features[:ROI_LEVELS]], tf.cast(rois, dtype), output_size=roi.pool_size,
-            sampling_ratio=roi.sampling_ratio, canonical_size=float(roi.canonical_scale),
+            sampling_ratio=roi.sampling_ratio, plus_one=self.plus_one, canonical_size=float(roi.canonical_scale),
             canonical_level=roi.canonical_level, method=method)  # [B, R, P, P, C]
         batch, num_rois = tf.shape(rois)[0], _static_or_dynamic(rois, 1)
         logits, deltas = self.box_head(tf.reshape(pooled, [-1] + pooled.shape[2:].as_list()))
@@ -216,7 +233,7 @@ class FasterRCNN(keras.Model):
         return rcnn_detections(
             logits, deltas, rois, image_shape, roi_valid, score_threshold=post.score_threshold,
             nms_threshold=post.iou_threshold, max_detections=post.max_detections, min_size=post.min_size,
-            weights=self.cfg.roi.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip)
+            weights=self.cfg.roi.box_coder_weights, wh_clip=self.cfg.bbox_xform_clip, plus_one=self.plus_one)
 
     # --- inference ----------------------------------------------------------------------------------------
     def call(self, inputs, training=False, image_shape=None):
@@ -253,8 +270,8 @@ class FasterRCNN(keras.Model):
 
         features, objectness, deltas = self.dense_forward(images, training=True)
         anchors, level_sizes = self.anchors(images, features)
-        rpn_losses, rpn_indices, rpn_valid = self._rpn_losses(objectness, deltas, anchors, gt_boxes, num_gt,
-                                                              rpn_seed, sampled)
+        rpn_losses, rpn_indices, rpn_valid = self._rpn_losses(objectness, deltas, anchors, image_shape, gt_boxes,
+                                                              num_gt, rpn_seed, sampled)
 
         if "roi_boxes" in sampled:
             rois = tf.cast(sampled["roi_boxes"], tf.float32)
@@ -263,7 +280,7 @@ class FasterRCNN(keras.Model):
         else:
             proposals, _, prop_valid = self.propose(objectness, deltas, anchors, level_sizes, image_shape,
                                                     training=True)
-            candidates = tf.concat([proposals, gt_boxes], axis=1)  # gt boxes appended, as torchvision
+            candidates = tf.concat([proposals, gt_boxes], axis=1)  # gt boxes appended, as both references
             cand_valid = tf.concat([prop_valid, gt_valid], axis=1)
             cand_labels, cand_matched, matches = self._roi_targets(candidates, cand_valid, gt_boxes, gt_classes,
                                                                    num_gt)
@@ -280,10 +297,15 @@ class FasterRCNN(keras.Model):
                             "roi_valid": roi_valid}
         return losses
 
-    def _rpn_losses(self, objectness, deltas, anchors, gt_boxes, num_gt, seed, sampled):
+    def _rpn_losses(self, objectness, deltas, anchors, image_shape, gt_boxes, num_gt, seed, sampled):
         rpn = self.cfg.rpn
         matches = match_boxes(gt_boxes, num_gt, anchors, rpn.fg_iou_threshold, rpn.bg_iou_threshold,
-                              allow_low_quality_matches=True)  # [B, N]
+                              allow_low_quality_matches=True, plus_one=self.plus_one)  # [B, N]
+        if rpn.straddle_threshold is not None:
+            # maskrcnn-benchmark: anchors crossing the image border (by more than the threshold) are matched like
+            # the others (a gt's best anchor may be one of them) and then ignored.
+            visible = anchor_visibility(anchors, image_shape, float(rpn.straddle_threshold))  # [B, N]
+            matches = tf.where(visible, matches, BETWEEN_THRESHOLDS)
         if "rpn_indices" in sampled:
             index = tf.cast(sampled["rpn_indices"], tf.int32)
             valid = tf.cast(sampled["rpn_valid"], tf.bool)
@@ -300,7 +322,8 @@ class FasterRCNN(keras.Model):
         sel_anchors = tf.gather(anchors, index)  # [B, S, 4]
         matched = tf.gather(gt_boxes, tf.maximum(sel_matches, 0), batch_dims=1)
         matched = tf.where(positive[..., None], matched, sel_anchors)  # negatives: zero targets, never NaN
-        targets = tf.stop_gradient(box_coder.encode(matched, sel_anchors, rpn.box_coder_weights))
+        targets = tf.stop_gradient(box_coder.encode(matched, sel_anchors, rpn.box_coder_weights,
+                                                    plus_one=self.plus_one))
         # Targets of non-positives (padding gt rows, zero-size boxes) can be inf; zeroed so that the masked
         # Smooth-L1 has a finite gradient (tf.where would multiply 0 by an infinite derivative).
         targets = tf.where(positive[..., None], targets, 0.0)
@@ -312,7 +335,8 @@ class FasterRCNN(keras.Model):
         """Labels int32 [B, R] (class, 0 background, -1 ignored or invalid), matched gt boxes [B, R, 4] (the RoI
         itself where there is no positive match) and the matcher's output (invalid RoIs set to ignored)."""
         roi = self.cfg.roi
-        matches = match_boxes(gt_boxes, num_gt, rois, roi.fg_iou_threshold, roi.bg_iou_threshold)  # [B, R]
+        matches = match_boxes(gt_boxes, num_gt, rois, roi.fg_iou_threshold, roi.bg_iou_threshold,
+                              plus_one=self.plus_one)  # [B, R]
         matches = tf.where(roi_valid, matches, BETWEEN_THRESHOLDS)
         safe = tf.maximum(matches, 0)
         labels = tf.where(matches >= 0, tf.gather(gt_classes, safe, batch_dims=1),
@@ -329,7 +353,7 @@ class FasterRCNN(keras.Model):
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
         classification = tf.reduce_sum(tf.where(roi_valid, ce, 0.0)) / count
         positive = roi_valid & (labels > 0)
-        targets = tf.stop_gradient(box_coder.encode(matched_gt, rois, roi.box_coder_weights))
+        targets = tf.stop_gradient(box_coder.encode(matched_gt, rois, roi.box_coder_weights, plus_one=self.plus_one))
         targets = tf.where(positive[..., None], targets, 0.0)  # finite gradients of the masked loss (see above)
         pred = tf.gather(deltas, safe_labels, batch_dims=2)  # [B, R, 4]
         box = tf.reduce_sum(tf.where(positive[..., None], _smooth_l1(pred - targets, roi.box_loss_beta), 0.0)) / count

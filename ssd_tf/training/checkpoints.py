@@ -9,7 +9,8 @@ Layout of a model directory::
                                    rolling deletion of ``checkpoints/``)
 
 ``--checkpoint``: empty -> the latest of ``checkpoints/``; ``best`` -> the one ``best/best.json`` names; else a
-checkpoint prefix (``.../ckpt-1200``) or a directory holding a ``checkpoint`` state file.
+checkpoint prefix (``.../ckpt-1200``), a directory holding a ``checkpoint`` state file, or a Keras weights file
+(``FILE.weights.h5``, e.g. converted reference weights: ``python -m ssd_tf.weights.convert``).
 
 Best-checkpoint updates are crash-safe: the new weights go to a fresh ``best/step_N[_k]/`` directory, then
 ``best.json`` is replaced atomically, then the superseded directories are removed; an interrupted run leaves
@@ -49,6 +50,11 @@ def _state_checkpoint(directory: str) -> str | None:
     return prefix if os.path.isabs(prefix) else os.path.join(directory, prefix)
 
 
+def is_weights_file(path: str | None) -> bool:
+    """A Keras weights file (``.weights.h5``) rather than a training checkpoint."""
+    return bool(path) and str(path).endswith(".weights.h5")
+
+
 def _exists(prefix: str) -> bool:
     return os.path.isfile(prefix + ".index")
 
@@ -83,7 +89,7 @@ def resolve_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
                                   f"first, or leave --checkpoint out to use the latest")
         return prefix
     if checkpoint:
-        if _exists(checkpoint):
+        if _exists(checkpoint) or (is_weights_file(checkpoint) and os.path.isfile(checkpoint)):
             return checkpoint
         if os.path.isdir(checkpoint):
             prefix = _state_checkpoint(checkpoint)
@@ -91,7 +97,7 @@ def resolve_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
                 return prefix
         raise CheckpointError(f"--checkpoint={checkpoint}: no such checkpoint (expected a prefix such as "
                               f"{os.path.join(model_dir, 'checkpoints', 'ckpt-100')} with its .index file, a "
-                              f"directory of checkpoints, or 'best')")
+                              f"directory of checkpoints, a .weights.h5 file, or 'best')")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     prefix = _state_checkpoint(ckpt_dir)
     if prefix is None or not _exists(prefix):

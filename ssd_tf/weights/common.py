@@ -31,7 +31,14 @@ def load_torch_state_dict(source):
             import torch
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(f"reading {source} needs torch (pip install 'ssd_tf[torch]')") from err
-        state = torch.load(str(source), map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            state = torch.load(str(source), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise WeightImportError(f"{source}: torch.load(weights_only=True) refused it: it holds objects other "
+                                    f"than tensors and plain containers, which are not loaded (no pickled code is "
+                                    f"run). {str(err).splitlines()[0]}") from None
         if not isinstance(state, dict):
             raise WeightImportError(f"{source}: expected a state dict, got {type(state).__name__}")
     for wrapper in ("model", "state_dict"):
@@ -164,6 +171,16 @@ def _layers_with_weights(model):
             raise WeightImportError(f"nested model {layer.name!r} inside {model.name}: importers expect a flat model")
         if layer.weights:
             yield layer
+
+
+class FlatView:
+    """The weighted leaf layers of a nested Keras model (e.g. Faster R-CNN's backbone and heads), for
+    ``assign_state_dict`` (which walks ``.layers``)."""
+
+    def __init__(self, model):
+        self.name = model.name
+        self.layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                       if not list(layer._flatten_layers(include_self=False, recursive=False))]
 
 
 def describe_source(label, source):

@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 from ssd_tf.weights.common import (
+    FlatView,
     WeightImportError,
     assign_state_dict,
     bn_entries,
@@ -52,15 +53,6 @@ def normalize_fasterrcnn_keys(state):
         if new != key:
             renamed[new] = key
     return out, renamed
-
-
-class _FlatView:
-    """The weighted leaf layers of a nested Keras model, for ``assign_state_dict`` (which walks ``.layers``)."""
-
-    def __init__(self, model):
-        self.name = model.name
-        self.layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-                       if not list(layer._flatten_layers(include_self=False, recursive=False))]
 
 
 def fc6_kernel(pool_size, channels):
@@ -125,7 +117,7 @@ def load_torchvision_fasterrcnn(model, source):
     where = describe_source(f"torchvision fasterrcnn_resnet{model.cfg.backbone.depth}_fpn state dict", source)
     state, renamed = normalize_fasterrcnn_keys(load_torch_state_dict(source))
     try:
-        report = assign_state_dict(_FlatView(model), state, fasterrcnn_mapping(model), where=where)
+        report = assign_state_dict(FlatView(model), state, fasterrcnn_mapping(model), where=where)
     except WeightImportError as err:  # name the tensors as the file spells them
         message = str(err)
         for new, old in renamed.items():
@@ -138,6 +130,6 @@ def load_torchvision_resnet(model, source):
     """ImageNet torchvision ``resnet50`` / ``resnet101`` -> the ResNet body of a FasterRCNN model (backbone only)."""
     depth = model.cfg.backbone.depth
     return assign_state_dict(
-        _FlatView(model), load_torch_state_dict(source), resnet_body_mapping(depth),
+        FlatView(model), load_torch_state_dict(source), resnet_body_mapping(depth),
         skip_layers=(r"^fpn_(inner|layer)\d$", r"^rpn_", r"^(fc6|fc7|cls_score|bbox_pred)$"),
         ignore_keys=(r"^fc\.",), where=describe_source(f"torchvision resnet{depth} state dict", source))

@@ -94,9 +94,29 @@ def test_flip_mirrors_boxes_in_the_resized_frame(records):
         parser = RCNNParser(_model(**{"model.flip_prob": 1.0, "model.pixel_offset": offset}), max_boxes=4)
         images, labels = next(iter(build_dataset(records, parser, batch_size=1, is_training=True,
                                                  class_ids=CLASS_IDS, seed=2, shuffle_buffer=1)))
-        h, w = labels["image_info"][0, 1].numpy()
+        (oh, ow), (h, w), (sy, sx) = labels["image_info"][0, :3].numpy()
         b = labels["boxes"][0, 0].numpy()
-        np.testing.assert_allclose(b, [0.2 * h, w - offset - 0.4 * w, 0.7 * h, w - offset - 0.1 * w], rtol=1e-5)
+        # pixel_offset 1: maskrcnn-benchmark's inclusive boxes, (x + w - 1) * scale, mirrored with W - 1 - x
+        ymax, xmax = (0.7 * oh - offset) * sy, (0.4 * ow - offset) * sx
+        np.testing.assert_allclose(b, [0.2 * h, w - offset - xmax, ymax, w - offset - 0.1 * w], rtol=1e-5)
+
+
+def test_inclusive_pixel_boxes_of_maskrcnn_benchmark(records):
+    """pixel_offset 1: training boxes as maskrcnn-benchmark's COCO dataset makes them (xywh -> x2 = x + w - 1 in the
+    original image, clipped to size - 1, boxes with x2 <= x1 dropped, then scaled); crowd boxes still dropped."""
+    import dataclasses
+
+    model = dataclasses.replace(_model(), pixel_offset=1.0, flip_prob=0.0)
+    parser = RCNNParser(model, max_boxes=4)
+    normalised = tf.constant([[0.2, 0.1, 0.7, 0.4], [0.0, 0.5, 1.0, 1.0], [0.5, 0.5, 0.5 + 1 / 90, 0.6]])
+    pixels, keep = parser._pixel_boxes(normalised, 60, 90, 64, 96)
+    s_y, s_x = 64 / 60, 96 / 90
+    np.testing.assert_allclose(pixels.numpy()[:2], [[12 * s_y, 9 * s_x, 41 * s_y, 35 * s_x],
+                                                    [0.0, 45 * s_x, 59 * s_y, 89 * s_x]], rtol=1e-5)
+    assert keep.numpy().tolist() == [True, True, False]  # the last box is under a pixel high: empty once inclusive
+    continuous, none = RCNNParser(_model(), max_boxes=4)._pixel_boxes(normalised[:1], 60, 90, 64, 96)
+    assert none is None
+    np.testing.assert_allclose(continuous.numpy(), [[0.2 * 64, 0.1 * 96, 0.7 * 64, 0.4 * 96]], rtol=1e-5)
 
 
 def test_group_choice_counts_and_resume_skip_are_exact(records):

@@ -204,7 +204,13 @@ def test_convert_cli_checks_the_model_family(tmp_path, capsys):
     pth = tmp_path / "x.pth"
     assert convert.main(["--source", "torchvision_resnet101", "--input", str(pth), "--output",
                          str(tmp_path / "y.weights.h5"), "--model", "faster_rcnn_r50_fpn"]) == 2
-    assert "fits models ('faster_rcnn_r101_fpn',)" in capsys.readouterr().err
+    assert "fits Faster R-CNN with torchvision's bottleneck (model.backbone.stride_in_1x1=false) at depth 101 (e.g. " \
+           "--model faster_rcnn_r50_fpn --params_override model.backbone.depth=101, the default)" \
+           in capsys.readouterr().err
+    # faster_rcnn_r101_fpn follows maskrcnn-benchmark (MSRA bottleneck): not a target of torchvision's weights
+    assert convert.main(["--source", "torchvision_resnet101", "--input", str(pth), "--output",
+                         str(tmp_path / "y.weights.h5"), "--model", "faster_rcnn_r101_fpn"]) == 2
+    assert "not --model faster_rcnn_r101_fpn" in capsys.readouterr().err
     assert convert.main(["--source", "torchvision_fasterrcnn_resnet50_fpn", "--input", str(pth), "--output",
                          str(tmp_path / "y.weights.h5")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ssd_tf.weights import convert  # noqa: E402
 from ssd_tf import build_model  # noqa: E402
+from ssd_tf.model_configs.faster_rcnn import ResNetBackbone  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 HELPER = pathlib.Path(__file__).with_name("torch_frcnn_reference.py")
@@ -44,12 +45,14 @@ LOSS_NAMES = {"loss_objectness": "rpn_objectness_loss", "loss_rpn_box_reg": "rpn
 
 
 def _build(depth, dtype=None):
-    """The model under test, built from its preset (torchvision conventions at depth 50 / 101)."""
+    """The model under test: the torchvision preset at depth 50 / 101 (``faster_rcnn_r101_fpn`` follows
+    maskrcnn-benchmark; torchvision's conventions at depth 101 are ``faster_rcnn_r50_fpn`` with depth 101)."""
+    options = dict(num_classes=91, backbone=ResNetBackbone(depth=depth))
     if dtype is None:
-        return build_model(f"faster_rcnn_r{depth}_fpn", num_classes=91)
+        return build_model("faster_rcnn_r50_fpn", **options)
     keras.config.set_dtype_policy(dtype)
     try:
-        return build_model(f"faster_rcnn_r{depth}_fpn", num_classes=91)
+        return build_model("faster_rcnn_r50_fpn", **options)
     finally:
         keras.config.set_dtype_policy("float32")
 
@@ -66,7 +69,8 @@ def case(request, tmp_path_factory):
     pth = outdir / ("fasterrcnn.pth" if keys == "new" else "fasterrcnn_old_keys.pth")
     weights = outdir / "frcnn.weights.h5"
     code = convert.main(["--source", "torchvision_fasterrcnn_resnet50_fpn", "--input", str(pth), "--output",
-                         str(weights), "--model", f"faster_rcnn_r{depth}_fpn"])
+                         str(weights), "--model", "faster_rcnn_r50_fpn", "--params_override",
+                         f"model.backbone.depth={depth}"])
     assert code == 0
     model = _build(depth)
     model.load_weights(weights)
