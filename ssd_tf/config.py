@@ -19,7 +19,7 @@ import json
 import os
 import types
 import typing
-from typing import Any
+from typing import Any, Optional
 
 VERSION = 2
 

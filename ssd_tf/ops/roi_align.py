@@ -181,7 +181,6 @@ def _gather_align(flat_features, rois, scale, height, width, offset, output_size
     its level in T (int32), all [B, R]. Returns [B, R, P, P, C]."""
     dtype = flat_features.dtype
     p, s = output_size, sampling_ratio
-    n = p * s
     batch, num_rois = tf.shape(rois)[0], tf.shape(rois)[1]
     total, channels = tf.shape(flat_features)[1], tf.shape(flat_features)[2]
     start_y, start_x, bin_y, bin_x = _roi_geometry(rois, scale, output_size, aligned, dtype)  # [B, R]
