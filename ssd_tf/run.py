@@ -303,6 +303,18 @@ def _keeping_dtype_policy():
         keras.mixed_precision.set_global_policy(previous)
 
 
+def _set_op_determinism(on: bool) -> None:
+    """TensorFlow's op determinism is process-wide: set it to this run's value, so a run in a process that
+    earlier ran a Faster R-CNN preset (deterministic) is not left deterministic (which also forbids the
+    data-wait timestamps)."""
+    from tensorflow.python.framework import config as tf_config
+
+    if on:
+        tf_config.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
+
+
 def _setup(cfg: Config, cluster, collective_timeout, log=_print):
     """Precision policy, strategy (before any other TF op: multi-worker setup fails once TF has started), seed,
     task -> (strategy, task, global batch)."""
@@ -311,10 +323,7 @@ def _setup(cfg: Config, cluster, collective_timeout, log=_print):
     from ssd_tf.tasks import build_task
 
     _set_precision(cfg, log)
-    if cfg.train.deterministic_ops:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+    _set_op_determinism(cfg.train.deterministic_ops)
     strategy = make_strategy(cfg, cluster, collective_timeout)
     keras.utils.set_random_seed(cfg.train.seed)
     global_batch = cfg.train.train_batch_size * strategy.num_replicas_in_sync

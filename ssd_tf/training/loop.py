@@ -120,7 +120,10 @@ class Trainer:
             self.global_step.assign_add(1)
             return losses
 
-        measure_wait = not self.options.deterministic_ops
+        from tensorflow.python.framework import config as tf_config
+
+        # tf.timestamp is refused while op determinism is on (set by this run or earlier in the process).
+        measure_wait = not (self.options.deterministic_ops or tf_config.is_op_determinism_enabled())
 
         @tf.function
         def train_loop(iterator, num_steps):

@@ -74,3 +74,20 @@ def test_fine_tuning_from_a_model_with_another_class_count(tmp_path):
     other_width = ssd_tf.build_model("ssd_resnet34", num_classes=3, width_multiplier=0.25)
     with pytest.raises(run.UsageError, match="does not fit this model: .* weight"):
         run.load_backbone_weights(other_width, path, cfg)
+
+
+def test_a_run_after_a_deterministic_one_in_the_same_process_trains(tmp_path):
+    """Op determinism is process-wide (the Faster R-CNN presets turn it on): a later run whose config does not
+    ask for it gets it off again, and its train loop (which times the data wait) runs."""
+    from tensorflow.python.framework import config as tf_config
+
+    pattern = write_records(tmp_path)
+    tf_config.enable_op_determinism()
+    try:
+        cfg = _tiny_config(pattern, tmp_path / "model")
+        assert not cfg.train.deterministic_ops
+        run.train(cfg)
+        assert not tf_config.is_op_determinism_enabled()
+    finally:
+        tf_config.disable_op_determinism()
+    assert (tmp_path / "model" / "checkpoints").is_dir()
