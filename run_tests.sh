@@ -11,4 +11,5 @@ SSD_TF_EXTRAS="${SSD_TF_TEST_EXTRAS-test,torch}" . scripts/ensure_env.sh
 case ",${SSD_TF_TEST_EXTRAS-test,torch}," in
   *,torch,*) export SSD_TF_REQUIRE_TORCH=1 ;;
 esac
-exec python -m pytest "$@"
+# Two worker processes (SSD_TF_TEST_WORKERS=0 runs in this one), a test file per worker at a time.
+exec python -m pytest -n "${SSD_TF_TEST_WORKERS:-2}" --dist loadfile "$@"

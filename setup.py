@@ -22,6 +22,7 @@ EXTRAS = {
     "test": [
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
+        "pytest-xdist==3.8.0",  # run_tests.sh runs the tests in two processes
         "hypothesis==6.170.15",
     ],
     # Weight import from PyTorch state dicts and the parity tests.
