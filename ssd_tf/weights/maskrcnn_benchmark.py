@@ -32,18 +32,12 @@ from ssd_tf.weights.common import (
     FlatView,
     WeightImportError,
     assign_state_dict,
-    bn_entries,
-    compose,
-    conv_entries,
     conv_kernel,
-    dense_kernel,
     describe_source,
     identity,
     load_torch_state_dict,
-    out_channel_permutation,
 )
-from ssd_tf.weights.layouts import anchor_major_xy_box_index
-from ssd_tf.weights.torchvision_frcnn import class_major_xy_box_index, fc6_kernel
+from ssd_tf.weights.torchvision_frcnn import fpn_and_heads_mapping, resnet_body_mapping
 
 CELL_ANCHORS_KEY = "rpn.anchor_generator.cell_anchors.{}"
 
@@ -61,34 +55,12 @@ def _resnet_blocks(depth):
 
 
 def maskrcnn_benchmark_mapping(model):
-    """Our layers <- maskrcnn-benchmark module names (the whole Faster R-CNN)."""
-    cfg = model.cfg
-    body = "backbone.body"
-    mapping = {"conv1": conv_entries(f"{body}.stem.conv1", bias=False), "bn1": bn_entries(f"{body}.stem.bn1")}
-    for stage, blocks in enumerate(_resnet_blocks(cfg.backbone.depth), start=1):
-        for block in range(blocks):
-            ours, theirs = f"layer{stage}_{block}", f"{body}.layer{stage}.{block}"
-            for i in (1, 2, 3):
-                mapping[f"{ours}_conv{i}"] = conv_entries(f"{theirs}.conv{i}", bias=False)
-                mapping[f"{ours}_bn{i}"] = bn_entries(f"{theirs}.bn{i}")
-            if block == 0:
-                mapping[f"{ours}_downsample_conv"] = conv_entries(f"{theirs}.downsample.0", bias=False)
-                mapping[f"{ours}_downsample_bn"] = bn_entries(f"{theirs}.downsample.1")
-    for i in range(4):  # ours 0 = C2; maskrcnn-benchmark counts from 1
-        mapping[f"fpn_inner{i}"] = conv_entries(f"backbone.fpn.fpn_inner{i + 1}")
-        mapping[f"fpn_layer{i}"] = conv_entries(f"backbone.fpn.fpn_layer{i + 1}")
-    mapping["rpn_conv"] = conv_entries("rpn.head.conv")
-    mapping["rpn_cls_logits"] = conv_entries("rpn.head.cls_logits")
-    mapping["rpn_bbox_pred"] = conv_entries("rpn.head.bbox_pred",
-                                            out_permutation=anchor_major_xy_box_index(model.num_cell_anchors))
-    head, extractor, predictor = model.box_head, "roi_heads.box.feature_extractor", "roi_heads.box.predictor"
-    mapping["fc6"] = [(f"{extractor}.fc6.weight", fc6_kernel(head.pooled_size, head.channels)),
-                      (f"{extractor}.fc6.bias", identity)]
-    mapping["fc7"] = [(f"{extractor}.fc7.weight", dense_kernel), (f"{extractor}.fc7.bias", identity)]
-    mapping["cls_score"] = [(f"{predictor}.cls_score.weight", dense_kernel), (f"{predictor}.cls_score.bias", identity)]
-    perm = out_channel_permutation(class_major_xy_box_index(cfg.num_classes))
-    mapping["bbox_pred"] = [(f"{predictor}.bbox_pred.weight", compose(dense_kernel, perm)),
-                            (f"{predictor}.bbox_pred.bias", perm)]
+    """Our layers <- maskrcnn-benchmark module names (the whole Faster R-CNN; its FPN counts from 1)."""
+    body = "backbone.body."
+    mapping = resnet_body_mapping(model.cfg.backbone.depth, body, stem_prefix=f"{body}stem.")
+    mapping.update(fpn_and_heads_mapping(
+        model, fpn_inner="backbone.fpn.fpn_inner{n}", fpn_layer="backbone.fpn.fpn_layer{n}",
+        rpn_conv="rpn.head.conv", box_head="roi_heads.box.feature_extractor", box_predictor="roi_heads.box.predictor"))
     return mapping
 
 

@@ -72,11 +72,15 @@ def class_major_xy_box_index(num_classes):
     return np.array([4 * j + XY_TO_YX[k] for j in range(num_classes) for k in range(4)])
 
 
-def resnet_body_mapping(depth, prefix=""):
-    """Our backbone layers <- torchvision ResNet module names (``prefix`` e.g. "backbone.body.")."""
+def resnet_body_mapping(depth, prefix="", stem_prefix=None):
+    """Our backbone layers <- ResNet module names: torchvision's (``prefix`` e.g. "backbone.body.") or
+    maskrcnn-benchmark's, which are the same but for the stem (``stem_prefix``, default ``prefix``)."""
     from ssd_tf.models.backbones.resnet_fpn import RESNET_BLOCKS
 
-    mapping = {"conv1": conv_entries(f"{prefix}conv1", bias=False), "bn1": bn_entries(f"{prefix}bn1")}
+    if depth not in RESNET_BLOCKS:
+        raise WeightImportError(f"no ResNet-{depth} layout")
+    stem = prefix if stem_prefix is None else stem_prefix
+    mapping = {"conv1": conv_entries(f"{stem}conv1", bias=False), "bn1": bn_entries(f"{stem}bn1")}
     for stage, blocks in enumerate(RESNET_BLOCKS[depth], start=1):
         for block in range(blocks):
             ours, theirs = f"layer{stage}_{block}", f"{prefix}layer{stage}.{block}"
@@ -89,26 +93,35 @@ def resnet_body_mapping(depth, prefix=""):
     return mapping
 
 
+def fpn_and_heads_mapping(model, *, fpn_inner, fpn_layer, rpn_conv, box_head, box_predictor):
+    """Our FPN, RPN head and box head <- module names (``fpn_inner`` / ``fpn_layer`` take ``{i}``, our level
+    index from C2 = 0, or ``{n}`` = i + 1), with the layout changes both references need."""
+    mapping = {}
+    for i in range(4):
+        mapping[f"fpn_inner{i}"] = conv_entries(fpn_inner.format(i=i, n=i + 1))
+        mapping[f"fpn_layer{i}"] = conv_entries(fpn_layer.format(i=i, n=i + 1))
+    mapping["rpn_conv"] = conv_entries(rpn_conv)
+    mapping["rpn_cls_logits"] = conv_entries("rpn.head.cls_logits")
+    mapping["rpn_bbox_pred"] = conv_entries("rpn.head.bbox_pred",
+                                            out_permutation=anchor_major_xy_box_index(model.num_cell_anchors))
+    head = model.box_head
+    mapping["fc6"] = [(f"{box_head}.fc6.weight", fc6_kernel(head.pooled_size, head.channels)),
+                      (f"{box_head}.fc6.bias", identity)]
+    mapping["fc7"] = [(f"{box_head}.fc7.weight", dense_kernel), (f"{box_head}.fc7.bias", identity)]
+    mapping["cls_score"] = [(f"{box_predictor}.cls_score.weight", dense_kernel),
+                            (f"{box_predictor}.cls_score.bias", identity)]
+    perm = out_channel_permutation(class_major_xy_box_index(model.cfg.num_classes))
+    mapping["bbox_pred"] = [(f"{box_predictor}.bbox_pred.weight", compose(dense_kernel, perm)),
+                            (f"{box_predictor}.bbox_pred.bias", perm)]
+    return mapping
+
+
 def fasterrcnn_mapping(model):
     """Full mapping of a FasterRCNN model from torchvision (current key names)."""
-    cfg = model.cfg
-    mapping = resnet_body_mapping(cfg.backbone.depth, "backbone.body.")
-    for i in range(4):
-        mapping[f"fpn_inner{i}"] = conv_entries(f"backbone.fpn.inner_blocks.{i}.0")
-        mapping[f"fpn_layer{i}"] = conv_entries(f"backbone.fpn.layer_blocks.{i}.0")
-    anchors = model.num_cell_anchors
-    mapping["rpn_conv"] = conv_entries("rpn.head.conv.0.0")
-    mapping["rpn_cls_logits"] = conv_entries("rpn.head.cls_logits")
-    mapping["rpn_bbox_pred"] = conv_entries("rpn.head.bbox_pred", out_permutation=anchor_major_xy_box_index(anchors))
-    head = model.box_head
-    mapping["fc6"] = [("roi_heads.box_head.fc6.weight", fc6_kernel(head.pooled_size, head.channels)),
-                      ("roi_heads.box_head.fc6.bias", identity)]
-    mapping["fc7"] = [("roi_heads.box_head.fc7.weight", dense_kernel), ("roi_heads.box_head.fc7.bias", identity)]
-    mapping["cls_score"] = [("roi_heads.box_predictor.cls_score.weight", dense_kernel),
-                            ("roi_heads.box_predictor.cls_score.bias", identity)]
-    perm = out_channel_permutation(class_major_xy_box_index(cfg.num_classes))
-    mapping["bbox_pred"] = [("roi_heads.box_predictor.bbox_pred.weight", compose(dense_kernel, perm)),
-                            ("roi_heads.box_predictor.bbox_pred.bias", perm)]
+    mapping = resnet_body_mapping(model.cfg.backbone.depth, "backbone.body.")
+    mapping.update(fpn_and_heads_mapping(
+        model, fpn_inner="backbone.fpn.inner_blocks.{i}.0", fpn_layer="backbone.fpn.layer_blocks.{i}.0",
+        rpn_conv="rpn.head.conv.0.0", box_head="roi_heads.box_head", box_predictor="roi_heads.box_predictor"))
     return mapping
 
 
