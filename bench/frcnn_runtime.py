@@ -136,7 +136,7 @@ def main():
     # Runtime step: Trainer + task + pipeline.
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     opts = loop.LoopOptions(total_steps=a.steps + 2, steps_per_loop=1, log_every_steps=1, checkpoint_every_steps=0,
-                            precision=cfg.runtime.precision, deterministic_ops=a.deterministic)
+                            precision=cfg.runtime.precision)
     model_dir = os.path.join(work, "runtime")
     trainer = loop.Trainer(task, strategy, model_dir, lambda: MomentumSGD(1e-3, momentum=0.9, weight_decay=1e-4),
                            opts, log_fn=log)

@@ -471,8 +471,7 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
     eval_every = int(round(cfg.eval.eval_every_epochs * steps_per_epoch(cfg, global_batch))) if evaluate else 0
     options = loop.LoopOptions(total_steps=steps, steps_per_loop=t.steps_per_loop, log_every_steps=t.log_every_steps,
                                checkpoint_every_steps=t.checkpoint_every_steps, keep_checkpoints=t.keep_checkpoints,
-                               eval_every_steps=eval_every, xla=t.xla, precision=cfg.runtime.precision,
-                               deterministic_ops=t.deterministic_ops)
+                               eval_every_steps=eval_every, xla=t.xla, precision=cfg.runtime.precision)
     init_fn = (lambda model: load_backbone_weights(model, t.backbone_checkpoint, cfg, log)) if t.backbone_checkpoint \
         else None
     trainer = loop.Trainer(task, strategy, model_dir, make_optimizer_fn(cfg, schedule), options, init_fn=init_fn,

@@ -51,9 +51,6 @@ class LoopOptions:
     eval_every_steps: int = 0  # 0: no evaluation during training
     xla: bool = False
     precision: str = "fp32"
-    # TensorFlow's op determinism is on (some kernels, e.g. crop_and_resize's gradient, are otherwise
-    # nondeterministic on CPU): tf.timestamp is not allowed then, so the data wait is not measured.
-    deterministic_ops: bool = False
 
 
 class Trainer:
@@ -122,8 +119,9 @@ class Trainer:
 
         from tensorflow.python.framework import config as tf_config
 
-        # tf.timestamp is refused while op determinism is on (set by this run or earlier in the process).
-        measure_wait = not (self.options.deterministic_ops or tf_config.is_op_determinism_enabled())
+        # tf.timestamp is refused while TensorFlow's op determinism is on (the Faster R-CNN presets turn it on:
+        # crop_and_resize's gradient is otherwise nondeterministic on CPU), so the data wait is not measured then.
+        measure_wait = not tf_config.is_op_determinism_enabled()
 
         @tf.function
         def train_loop(iterator, num_steps):
