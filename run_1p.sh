@@ -63,7 +63,7 @@ case "$DEMO_MODEL" in
     # backbone (torchvision's choice without pretrained weights).
     MODEL_DIR="$WORK/model_faster_rcnn"
     MODEL_FLAGS=(--width_multiplier="${DEMO_WIDTH:-0.25}" --train_batch_size="${DEMO_BATCH:-8}"
-      --num_epochs="${DEMO_EPOCHS:-8}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16
+      --num_epochs="${DEMO_EPOCHS:-10}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16
       --min_size="${DEMO_SIZE:-256}" --max_size="${DEMO_SIZE:-256}" --trainable_backbone_layers=5
       --params_override=model.backbone.norm=batch --warmup_steps=100 --checkpoint_every_steps=150
       --log_every_steps=25 --steps_per_loop=25 --eval_batch_size=8) ;;
