@@ -288,6 +288,10 @@ def main(argv):
         print(f"ERROR: unexpected argument(s) {' '.join(argv[1:])!r}; every option is a --flag=value "
               f"(python ssd_main.py --helpfull)", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    if not FLAGS["verbosity"].present:  # TensorFlow's INFO records (e.g. each checkpoint save's sharding time)
+        from absl import logging  # drown the progress lines; --verbosity=0 shows them
+
+        logging.set_verbosity(logging.WARNING)
     from ssd_tf import run
 
     try:

@@ -2,7 +2,7 @@
 Prints one JSON object on stdout (logs on stderr).
 
     python bench/frcnn_runtime.py [--images 64] [--batch 2] [--steps 4] [--min_size 800] [--max_size 1333]
-        [--width 1.0] [--precision auto|fp32|bf16]
+        [--width 1.0] [--precision auto|fp32|bf16] [--padding_sizes COCO_JSON[,COCO_JSON...]]
 
 * Pipeline: the R-CNN parser on the shared reader (decode, aspect-preserving resize to 800/1333, flip 0.5,
   normalisation, padding to the orientation's canvas, orientation streams) on COCO-like JPEGs (640x480 and
@@ -11,6 +11,11 @@ Prints one JSON object on stdout (logs on stderr).
 * Bare step: ``model.compute_losses`` + gradient + MomentumSGD update in one tf.function on a fixed padded batch.
 * Runtime step: ``loop.Trainer`` + ``FasterRCNNTask`` + that pipeline (losses logged every step), its step time
   from ``train_log.jsonl`` without the first (tracing) steps; overhead = runtime / bare - 1 (target <= 5 %).
+* Padding: what the fixed canvas per orientation costs against torchvision's per-batch tight padding (each batch
+  padded to its largest resized image, rounded up to 32). Image sizes from ``--padding_sizes`` (COCO JSONs: their
+  ``images`` entries; e.g. ../shared/data/coco_tiny/annotations/*.json) or the bench's own 3:1 mix; batches are
+  random same-orientation groups of ``--batch``. Reports the pixels each way and the bare step time at the canvas
+  against the step at the most common tight shape.
 """
 import argparse
 import contextlib
@@ -53,6 +58,49 @@ def write_records(path, num_images, seed=0):
                 texts=["x"] * 8, is_crowd=[0] * 8, area=[1.0] * 8, difficult=[0] * 8, truncated=[0] * 8))
 
 
+def padding_cost(sizes, min_size, max_size, divisor, batch, seed=0):
+    """Pixels per image of the fixed orientation canvases and of per-batch tight padding, for images of ``sizes``
+    [(h, w), ...] resized as torchvision does and grouped by orientation into random batches of ``batch``."""
+    import collections
+    import math
+
+    def ceil(v):
+        return int(math.ceil(v / divisor) * divisor)
+
+    def resized(h, w):
+        s = min(min_size / min(h, w), max_size / max(h, w))
+        return int(math.floor(h * s)), int(math.floor(w * s))
+
+    canvas = {True: (ceil(min_size), ceil(max_size)), False: (ceil(max_size), ceil(min_size))}
+    rng = np.random.default_rng(seed)
+    fixed = tight = valid = 0
+    shapes = collections.Counter()
+    for landscape in (True, False):
+        group = [resized(h, w) for h, w in sizes if (h <= w) == landscape]
+        order = rng.permutation(len(group))
+        for k in range(0, len(order), batch):
+            members = [group[i] for i in order[k:k + batch]]
+            th, tw = ceil(max(m[0] for m in members)), ceil(max(m[1] for m in members))
+            shapes[(th, tw)] += len(members)
+            tight += th * tw * len(members)
+            fixed += canvas[landscape][0] * canvas[landscape][1] * len(members)
+            valid += sum(h * w for h, w in members)
+    n = len(sizes)
+    return {"images": n, "canvases": [list(canvas[True]), list(canvas[False])],
+            "valid_pixels_per_image": valid / n, "fixed_canvas_pixels_per_image": fixed / n,
+            "tight_pixels_per_image": tight / n, "fixed_over_tight": fixed / tight,
+            "padding_fraction_fixed": 1 - valid / fixed, "padding_fraction_tight": 1 - valid / tight,
+            "most_common_tight_shape": list(shapes.most_common(1)[0][0])}
+
+
+def _sizes_from(files):
+    sizes = []
+    for path in files.split(","):
+        with open(path) as f:
+            sizes += [(im["height"], im["width"]) for im in json.load(f)["images"]]
+    return sizes
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=64)
@@ -64,6 +112,8 @@ def main():
     p.add_argument("--precision", default="auto")
     p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism for both steps (the "
                    "Faster R-CNN presets' train.deterministic_ops)")
+    p.add_argument("--padding_sizes", default="", help="COCO JSON file(s), comma-separated, whose image sizes the "
+                   "padding measurement uses (default: the bench's own 3:1 landscape/portrait mix)")
     a = p.parse_args()
 
     import keras
@@ -132,6 +182,26 @@ def main():
     out.update(bare_step_s=bare, train_images_per_s=a.batch / bare,
                pipeline_vs_train_consumption=out["pipeline_images_per_s"] * bare / a.batch)
     log(f"bare step: {bare:.3f} s ({a.batch / bare:.2f} images/s)")
+
+    # Padding: the fixed canvas against per-batch tight padding, in pixels and in bare-step time.
+    sizes = _sizes_from(a.padding_sizes) if a.padding_sizes else [(640, 480) if i % 4 == 3 else (480, 640)
+                                                                  for i in range(a.images)]
+    pad = padding_cost(sizes, a.min_size, a.max_size, cfg.model.size_divisibility, a.batch)
+    pad["sizes_from"] = a.padding_sizes or "bench mix (3 x 480x640 : 1 x 640x480)"
+    th, tw = pad["most_common_tight_shape"]
+    canvas_h, canvas_w = images.shape[1], images.shape[2]
+    if (th <= tw) == (canvas_h <= canvas_w):  # the fixed batch's orientation: crop it to the tight shape
+        tight_images = images[:, :th, :tw]
+        step_tight = tf.function(step.python_function)
+        for _ in range(2):
+            step_tight(tight_images, labels).numpy()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step_tight(tight_images, labels).numpy()
+        tight_s = (time.perf_counter() - t0) / a.steps
+        pad.update(bare_step_s_canvas=bare, bare_step_s_tight=tight_s, canvas_step_over_tight=bare / tight_s)
+        log(f"padding: canvas {canvas_h}x{canvas_w} step {bare:.3f} s, tight {th}x{tw} {tight_s:.3f} s")
+    out["padding"] = pad
 
     # Runtime step: Trainer + task + pipeline.
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
