@@ -53,7 +53,7 @@ def _losses_after_steps(precision, weights, steps=6):
         if "batch" not in weights:
             weights["batch"] = next(iter(task.build_train_dataset(None, 0)))
         images, labels = weights["batch"]
-        optimizer = keras.optimizers.SGD(learning_rate=0.05)
+        optimizer = keras.optimizers.SGD(learning_rate=0.01)
         curve = []
         for _ in range(steps + 1):
             with tf.GradientTape() as tape:
