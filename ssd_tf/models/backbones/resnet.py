@@ -7,8 +7,9 @@ BatchNorm: epsilon 1e-5, momentum 0.9 (PyTorch momentum 0.1).
 Layer names follow torchvision with dots replaced by underscores: ``conv1``, ``bn1``,
 ``layer{1,2,3}_{block}_{conv1,bn1,conv2,bn2}``, ``layer{2,3}_0_downsample_{conv,bn}``.
 """
-import keras
 from keras import layers
+
+from ssd_tf.models.layers import BatchNormalization
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
@@ -17,7 +18,7 @@ RESNET34_SSD_STAGES = ((3, 64, 1), (4, 128, 2), (6, 256, 1))
 
 
 def _bn(name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    return BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def conv_pytorch_padding(x, filters, kernel_size, stride, name, kernel_initializer="glorot_uniform"):

@@ -27,6 +27,7 @@ import keras
 from keras import layers, ops
 
 from ssd_tf.models.backbones.resnet import conv_pytorch_padding, scaled_channels
+from ssd_tf.models.layers import BatchNormalization
 
 RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck width of layer1..layer4; outputs are 4x
@@ -107,7 +108,7 @@ def _norm(epsilon, name):
     BatchNormalization with PyTorch's defaults (epsilon 1e-5, momentum 0.1, i.e. Keras 0.9), which is what
     torchvision uses when a Faster R-CNN trains without pretrained weights."""
     if epsilon is None:
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+        return BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
     return FrozenBatchNorm(epsilon, name=name)
 
 
