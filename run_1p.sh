@@ -54,7 +54,7 @@ case "$DEMO_MODEL" in
     # flags only: channels x0.25, a short schedule with a higher LR for the small batch.
     MODEL_DIR="$WORK/model"
     MODEL_FLAGS=(--width_multiplier="${DEMO_WIDTH:-0.25}" --train_batch_size="${DEMO_BATCH:-16}"
-      --num_epochs="${DEMO_EPOCHS:-13}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16
+      --num_epochs="${DEMO_EPOCHS:-24}" --base_learning_rate="${DEMO_LR:-0.02}" --lr_reference_batch=16
       --warmup_epochs=0.5 --checkpoint_every_steps=150 --log_every_steps=25 --steps_per_loop=25
       --eval_batch_size=16) ;;
   faster_rcnn_r50_fpn)
