@@ -75,8 +75,8 @@ def define_train_flags():
                       "runs it natively (GPU compute capability >= 8.0, CPU with AMX-BF16 or AVX512_BF16), else fp32.")
     flags.DEFINE_bool("xla", None, "Compile the forward/backward pass with XLA.")
     flags.DEFINE_bool("deterministic_ops", None, "TensorFlow op determinism, for bit-identical resume where a CPU "
-                      "kernel is otherwise nondeterministic (on by default for Faster R-CNN: RoIAlign's gradient); "
-                      "the data wait is then not measured.")
+                      "kernel is otherwise nondeterministic; the data wait is then not measured. On by default for "
+                      "Faster R-CNN, whose RoIAlign gradient races on a CPU without it (false is refused there).")
     flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call.")
     flags.DEFINE_integer("log_every_steps", None, "Steps between log lines.")
     flags.DEFINE_integer("checkpoint_every_steps", None, "Steps between checkpoints.")

@@ -330,6 +330,17 @@ def _setup(cfg: Config, cluster, collective_timeout, log=_print):
     return strategy, build_task(cfg, global_batch_size=global_batch), global_batch
 
 
+def _check_gradient_determinism(cfg: Config, task) -> None:
+    """A family whose CPU gradient kernels race without op determinism does not train on a CPU-only machine
+    with --deterministic_ops=false: the run would go on with silently wrong gradients."""
+    import tensorflow as tf
+
+    reason = task.cpu_gradient_needs_determinism
+    if reason and not cfg.train.deterministic_ops and not tf.config.list_physical_devices("GPU"):
+        raise UsageError(f"--deterministic_ops=false cannot train {cfg.model.name} on a CPU: {reason}; leave "
+                         f"--deterministic_ops on (the preset's default)")
+
+
 # ----------------------------------------------------------------------------------------------- results
 def write_eval_results(model_dir: str, step: int, checkpoint: str, metrics: dict) -> None:
     """``model_dir/eval_results.json``: the latest evaluation and the history of every checkpoint evaluated."""
@@ -464,6 +475,7 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
 
     check_model_dir(cfg)
     strategy, task, global_batch = _setup(cfg, cluster, collective_timeout, log)
+    _check_gradient_determinism(cfg, task)
     model_dir = cfg.runtime.model_dir
     steps = total_steps(cfg, global_batch)
     schedule = make_schedule(cfg, global_batch, steps)

@@ -75,6 +75,9 @@ def replicas_per_pipeline(input_context) -> int:
 class Task:
     loss_names: tuple = ("total_loss",)
     boxes_frame: str = "normalized"
+    # Why this family's gradient is only right on a CPU with TensorFlow's op determinism on ("": it does not
+    # depend on it); the runtime then refuses to train on a CPU-only machine without it.
+    cpu_gradient_needs_determinism: str = ""
 
     def __init__(self, cfg: Config, global_batch_size: int = 0, log_fn=print):
         self.cfg = cfg

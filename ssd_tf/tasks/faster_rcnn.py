@@ -12,6 +12,9 @@ LOSS_PARTS = ("rpn_objectness_loss", "rpn_box_loss", "roi_classification_loss", 
 class FasterRCNNTask(Task):
     loss_names = ("total_loss",) + LOSS_PARTS
     boxes_frame = "input_pixels"
+    cpu_gradient_needs_determinism = (
+        "RoIAlign's gradient (TensorFlow's CPU CropAndResizeGradImage) adds into the feature-map gradient from "
+        "several threads without synchronisation unless op determinism is on, so overlapping RoIs lose updates")
 
     def make_parser(self, is_training: bool):
         from ssd_tf.data.rcnn_parser import RCNNParser

@@ -91,3 +91,25 @@ def test_a_run_after_a_deterministic_one_in_the_same_process_trains(tmp_path):
     finally:
         tf_config.disable_op_determinism()
     assert (tmp_path / "model" / "checkpoints").is_dir()
+
+
+def test_faster_rcnn_refuses_to_train_on_a_cpu_without_op_determinism(tmp_path):
+    """RoIAlign's CPU gradient (CropAndResizeGradImage) races without op determinism: training with
+    --deterministic_ops=false would go on with wrong gradients, so it is a usage error naming the flag."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: its RoIAlign gradient does not race, so the run is allowed")
+    pattern = write_records(tmp_path)
+    cfg = presets.preset("faster_rcnn_r50_fpn")
+    assert cfg.train.deterministic_ops  # the preset's default trains correctly
+    cfg.model.width_multiplier, cfg.model.min_size, cfg.model.max_size = 0.125, 64, 64
+    cfg.override("data", training_file_pattern=pattern, class_ids=CLASS_IDS, class_names=CLASS_NAMES,
+                 num_train_images=len(SIZES))
+    cfg.override("train", train_batch_size=2, train_steps=1, deterministic_ops=False, precision="fp32")
+    cfg.override("runtime", model_dir=str(tmp_path / "model"))
+    run.resolve_data(cfg, "train")
+    with pytest.raises(run.UsageError, match=r"--deterministic_ops=false cannot train faster_rcnn_r50_fpn on a CPU: "
+                                             r"RoIAlign's gradient"):
+        run.train(cfg)
+    assert not (tmp_path / "model" / "checkpoints").exists()  # refused before a step or a checkpoint
