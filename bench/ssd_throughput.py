@@ -3,13 +3,14 @@ post-processing), input pipeline, and the full runtime step (pipeline + step + l
 Prints one JSON object on stdout (logs on stderr).
 
     python bench/ssd_throughput.py [--presets ssd_resnet34,ssd_vgg16] [--batch 8] [--steps 4] [--xla]
-        [--precisions fp32,bf16] [--skip_torch] [--skip_runtime]
+        [--precisions fp32,bf16] [--skip_torch] [--skip_runtime] [--profile]
 
 Order: torchvision first, in a child process (``bench/torch_ssd_child.py``: fp32 and ``torch.autocast`` bfloat16),
 then ours in each of ``--precisions`` (default: fp32, plus bf16 when ``--precision=auto`` picks it on this
 machine). The JSON holds the CPU model and ISA flags, a 3x3 convolution's GFLOP/s (256 -> 256 channels, 38x38,
-batch 8; forward and forward + backward, fp32 and bf16) as the machine's reachable rate, each side's figures per
-mode, and our best mode against theirs (``best``).
+batch 8; forward and forward + backward, in fp32 and each precision benchmarked) as the machine's reachable rate,
+each side's figures per mode, and our best mode against theirs (``best``). ``--profile`` adds each train step's kernel
+time by op type and category (TensorFlow's profiler).
 
 Achieved GFLOP/s counts 2 FLOPs per multiply-accumulate of every Conv2D/Dense layer; a training step is
 counted as 3x the forward pass (forward + two backward products).
@@ -129,7 +130,7 @@ def synthetic_batch(preset, batch, num_classes, anchors, seed=0):
     return images, box_t, cls_t
 
 
-def bench_step(preset, batch, steps, warmup, xla):
+def bench_step(preset, batch, steps, warmup, xla, profile=False):
     cfg = presets.model_config(preset)
     anchors = tf.constant(ssd_default_boxes(cfg.anchors), tf.float32)
     nc = cfg.num_classes
@@ -154,6 +155,7 @@ def bench_step(preset, batch, steps, warmup, xla):
         return loss
 
     step_time = _timeit(lambda: train_step(images, box_t, cls_t).numpy(), steps, warmup)
+    profiled = op_profile(lambda: train_step(images, box_t, cls_t).numpy(), steps) if profile else None
     pp = dataclasses.asdict(cfg.postprocess)
 
     @tf.function(jit_compile=False)
@@ -192,6 +194,7 @@ def bench_step(preset, batch, steps, warmup, xla):
     flops = forward_flops(model)
     return {
         "train_step_split": split,
+        **({"train_step_profile": profiled} if profiled else {}),
         "params": model.count_params(),
         "forward_gflops_per_image": flops / 1e9,
         "train_step_s": step_time,
@@ -201,6 +204,56 @@ def bench_step(preset, batch, steps, warmup, xla):
         "inference_postprocess_s_per_batch": max(infer_time - fwd_time, 0.0),
         "inference_gflops_per_s": flops * batch / fwd_time / 1e9,
     }, model
+
+
+OP_CATEGORIES = (  # (category, substrings of a TensorFlow op type), first match wins
+    ("convolution", ("Conv2D", "MatMul")),
+    ("batch_norm", ("BatchNorm",)),
+    ("optimizer_update", ("ResourceApply", "Assign")),
+    ("layout", ("Concat", "Reshape", "Transpose", "Slice", "Pad", "Tile", "Pack", "Unpack", "Split", "Gather")),
+    ("element_wise", ("Relu", "AddN", "AddV2", "Add", "Mul", "Sub", "Cast", "Select", "Square", "Abs", "Maximum",
+                      "Minimum", "Neg", "Exp", "Log", "Less", "Greater", "Equal")),
+)
+
+
+def op_profile(fn, steps):
+    """TensorFlow's profiler around ``steps`` calls of ``fn``: kernel time per step by op type and by category
+    (OP_CATEGORIES; the rest is "other"). Kernels on the two inter-op threads overlap, so the sum exceeds the wall
+    time; the shares say where the work is."""
+    import collections
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        wall = (time.perf_counter() - t) / steps
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))[0], "rb") as f:
+            space.ParseFromString(f.read())
+    by_type = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if "::" in name or ":" not in name:  # executor and runtime events, not kernels
+                    continue
+                op_type = name.rsplit(":", 1)[1]
+                if op_type and " " not in op_type:
+                    by_type[op_type] += event.duration_ps / 1e9 / steps  # ms per step
+    by_category = collections.Counter()
+    for op_type, ms in by_type.items():
+        category = next((c for c, keys in OP_CATEGORIES if any(k in op_type for k in keys)), "other")
+        by_category[category] += ms
+    total = sum(by_type.values())
+    return {"wall_ms_per_step": wall * 1e3, "kernel_ms_per_step": total,
+            "by_category_ms": {c: round(ms, 1) for c, ms in by_category.most_common()},
+            "by_category_share": {c: round(ms / total, 3) for c, ms in by_category.most_common()},
+            "top_op_types_ms": {t: round(ms, 1) for t, ms in by_type.most_common(15)}}
 
 
 def make_records(work):
@@ -272,6 +325,8 @@ def main():
                    "picks on this machine)")
     p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--skip_runtime", action="store_true")
+    p.add_argument("--profile", action="store_true", help="add each train step's kernel time by op type and "
+                   "category (TensorFlow's profiler)")
     a = p.parse_args()
     from ssd_tf.training.precision import machine_summary, resolve_precision
 
@@ -283,7 +338,7 @@ def main():
 
     out = {"machine": machine_summary(), "auto_precision": auto, "auto_reason": why, "batch": a.batch, "xla": a.xla,
            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-           "conv_3x3_256ch_38x38_b8": {pr: conv_rate(pr) for pr in sorted({"fp32", "bf16"})}, "presets": {}}
+           "conv_3x3_256ch_38x38_b8": {pr: conv_rate(pr) for pr in sorted({"fp32", *precisions})}, "presets": {}}
     if theirs is not None:
         out["torchvision"] = {k: theirs[k] for k in ("torch", "torchvision", "threads")}
     with tempfile.TemporaryDirectory() as work:
@@ -292,7 +347,7 @@ def main():
             ours = {}
             for precision in precisions:
                 keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
-                r, _ = bench_step(preset, a.batch, a.steps, a.warmup, a.xla)
+                r, _ = bench_step(preset, a.batch, a.steps, a.warmup, a.xla, a.profile)
                 keras.mixed_precision.set_global_policy("float32")
                 conv = out["conv_3x3_256ch_38x38_b8"][precision]["forward_backward_gflops_per_s"]
                 r["train_fraction_of_conv_rate"] = r["train_gflops_per_s"] / conv
