@@ -9,6 +9,7 @@ A family subclasses ``Task`` and provides:
     compute_losses(model, images, labels) -> {name: float32 scalar}, normalised per replica batch
     detect(model, images, image_info) -> {boxes [B,K,4] yxyx in ``boxes_frame``, scores [B,K], classes [B,K]
                                           (contiguous, 1 = first class), num_detections [B]}
+    cpu_gradient_needs_determinism   optional: why its CPU gradient is only right with op determinism on
 
 and gets: model building from its config (+ sync BN), the train / eval datasets (per-replica batch, resume
 skip), ``predict_fn`` / ``detect_original`` (detections in original-image pixels), ``inference_inputs`` (a
