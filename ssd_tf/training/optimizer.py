@@ -186,26 +186,19 @@ class MomentumSGD(keras.optimizers.Optimizer):
         w = variable.value if isinstance(variable, keras.Variable) else variable
         if wd and self.weight_decay_mode == "coupled":
             g = g + tf.constant(wd, dtype) * w
-        if self.momentum > 0.0 and not (wd and self.weight_decay_mode == "decoupled"):
+        elif wd:  # decoupled: w <- w - lr * wd * w from the weights before this step, outside the momentum buffer
+            self.assign_sub(variable, lr * tf.constant(wd, dtype) * w)
+        if self.momentum > 0.0:
             # One in-place kernel (TF1 MomentumOptimizer's): b <- mu * b + g; w <- w - lr * b (Nesterov:
-            # w <- w - lr * g - lr * mu * b). The same arithmetic as the composed ops below, in one pass over
-            # memory instead of five temporaries and two assignments: the update is memory-bound.
+            # w <- w - lr * g - lr * mu * b), in one pass over memory instead of five temporaries and two
+            # assignments: the update is memory-bound.
             buf = self._momentums[index]
             buf = buf.value if isinstance(buf, keras.Variable) else buf
             tf.raw_ops.ResourceApplyMomentum(var=w.handle, accum=buf.handle, lr=lr, grad=g,
                                              momentum=tf.constant(self.momentum, dtype), use_locking=False,
                                              use_nesterov=self.nesterov)
-            return
-        if self.momentum > 0.0:
-            buf = self._momentums[index]
-            new_buf = tf.constant(self.momentum, dtype) * buf + g
-            self.assign(buf, new_buf)
-            direction = g + tf.constant(self.momentum, dtype) * new_buf if self.nesterov else new_buf
         else:
-            direction = g
-        if wd and self.weight_decay_mode == "decoupled":
-            direction = direction + tf.constant(wd, dtype) * w
-        self.assign_sub(variable, lr * direction)
+            self.assign_sub(variable, lr * g)
 
     @property
     def momentums(self):
