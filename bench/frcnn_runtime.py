@@ -101,6 +101,16 @@ def _sizes_from(files):
     return sizes
 
 
+def _step_seconds(step, images, labels, steps, warmup=2):
+    """Mean wall seconds of ``step(images, labels)`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step(images, labels).numpy()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(images, labels).numpy()
+    return (time.perf_counter() - t0) / steps
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=64)
@@ -173,12 +183,7 @@ def main():
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return losses["total_loss"]
 
-    for _ in range(2):
-        step(images, labels).numpy()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        step(images, labels).numpy()
-    bare = (time.perf_counter() - t0) / a.steps
+    bare = _step_seconds(step, images, labels, a.steps)
     out.update(bare_step_s=bare, train_images_per_s=a.batch / bare,
                pipeline_vs_train_consumption=out["pipeline_images_per_s"] * bare / a.batch)
     log(f"bare step: {bare:.3f} s ({a.batch / bare:.2f} images/s)")
@@ -192,13 +197,7 @@ def main():
     canvas_h, canvas_w = images.shape[1], images.shape[2]
     if (th <= tw) == (canvas_h <= canvas_w):  # the fixed batch's orientation: crop it to the tight shape
         tight_images = images[:, :th, :tw]
-        step_tight = tf.function(step.python_function)
-        for _ in range(2):
-            step_tight(tight_images, labels).numpy()
-        t0 = time.perf_counter()
-        for _ in range(a.steps):
-            step_tight(tight_images, labels).numpy()
-        tight_s = (time.perf_counter() - t0) / a.steps
+        tight_s = _step_seconds(tf.function(step.python_function), tight_images, labels, a.steps)
         pad.update(bare_step_s_canvas=bare, bare_step_s_tight=tight_s, canvas_step_over_tight=bare / tight_s)
         log(f"padding: canvas {canvas_h}x{canvas_w} step {bare:.3f} s, tight {th}x{tw} {tight_s:.3f} s")
     out["padding"] = pad
