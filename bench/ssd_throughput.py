@@ -5,12 +5,14 @@ Prints one JSON object on stdout (logs on stderr).
     python bench/ssd_throughput.py [--presets ssd_resnet34,ssd_vgg16] [--batch 8] [--steps 4] [--xla]
         [--precisions fp32,bf16] [--skip_torch] [--skip_runtime] [--profile]
 
-Order: torchvision first, in a child process (``bench/torch_ssd_child.py``: fp32 and ``torch.autocast`` bfloat16),
-then ours in each of ``--precisions`` (default: fp32, plus bf16 when ``--precision=auto`` picks it on this
-machine). The JSON holds the CPU model and ISA flags, a 3x3 convolution's GFLOP/s (256 -> 256 channels, 38x38,
-batch 8; forward and forward + backward, in fp32 and each precision benchmarked) as the machine's reachable rate,
-each side's figures per mode, and our best mode against theirs (``best``). ``--profile`` adds each train step's kernel
-time by op type and category (TensorFlow's profiler).
+Order: torchvision first, in a child process (``bench/torch_ssd_child.py``: fp32 and ``torch.autocast`` bfloat16,
+each in the contiguous and the ``channels_last`` memory format), then ours in each of ``--precisions`` (default:
+fp32, plus bf16 when ``--precision=auto`` picks it on this machine). The JSON holds the CPU model and ISA flags,
+a 3x3 convolution's GFLOP/s (256 -> 256 channels, 38x38, batch 8; forward and forward + backward, in fp32 and each
+precision benchmarked) as the machine's reachable rate, each side's figures per mode, and our best mode against
+theirs (``best``). ``--profile`` adds each train step's kernel time by op type and category (TensorFlow's profiler)
+and the convolutions alone (``conv_work``: every conv layer's forward and gradients timed in isolation and summed,
+the rate a step of nothing but its convolutions would reach).
 
 Achieved GFLOP/s counts 2 FLOPs per multiply-accumulate of every Conv2D/Dense layer; a training step is
 counted as 3x the forward pass (forward + two backward products).
@@ -105,13 +107,13 @@ def conv_rate(precision, steps=5):
     return {"forward_gflops_per_s": flops / t_f / 1e9, "forward_backward_gflops_per_s": 3 * flops / t_b / 1e9}
 
 
-def torchvision_figures(a):
+def torchvision_figures(a, *extra):
     """The torchvision child's JSON (None when torch is not installed or --skip_torch)."""
     if a.skip_torch or importlib.util.find_spec("torch") is None:
         return None
     child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_ssd_child.py")
     r = subprocess.run([sys.executable, child, f"--presets={a.presets}", f"--batch={a.batch}", f"--steps={a.steps}",
-                        f"--warmup={a.warmup}"], capture_output=True, text=True)
+                        f"--warmup={a.warmup}", *extra], capture_output=True, text=True)
     sys.stderr.write(r.stderr[-3000:])
     if r.returncode != 0:
         raise RuntimeError(f"torchvision child failed ({r.returncode})")
@@ -156,6 +158,7 @@ def bench_step(preset, batch, steps, warmup, xla, profile=False):
 
     step_time = _timeit(lambda: train_step(images, box_t, cls_t).numpy(), steps, warmup)
     profiled = op_profile(lambda: train_step(images, box_t, cls_t).numpy(), steps) if profile else None
+    convs_alone = conv_work(conv_layers(model), batch, steps, warmup) if profile else None
     pp = dataclasses.asdict(cfg.postprocess)
 
     @tf.function(jit_compile=False)
@@ -194,7 +197,7 @@ def bench_step(preset, batch, steps, warmup, xla, profile=False):
     flops = forward_flops(model)
     return {
         "train_step_split": split,
-        **({"train_step_profile": profiled} if profiled else {}),
+        **({"train_step_profile": profiled, "convolutions_alone": convs_alone} if profiled else {}),
         "params": model.count_params(),
         "forward_gflops_per_image": flops / 1e9,
         "train_step_s": step_time,
@@ -204,6 +207,110 @@ def bench_step(preset, batch, steps, warmup, xla, profile=False):
         "inference_postprocess_s_per_batch": max(infer_time - fwd_time, 0.0),
         "inference_gflops_per_s": flops * batch / fwd_time / 1e9,
     }, model
+
+
+def _needs_input_gradient(tensor, memo):
+    """Whether a trainable layer lies upstream of this Keras tensor (else its gradient is never computed)."""
+    op, node_index, _ = tensor._keras_history
+    if id(op) not in memo:
+        node = op._inbound_nodes[node_index]
+        memo[id(op)] = any(
+            (getattr(t._keras_history[0], "trainable_weights", None) or _needs_input_gradient(t, memo))
+            for t in node.input_tensors)
+    return memo[id(op)]
+
+
+def conv_layers(model):
+    """The model's Conv2D layers as distinct configurations with their count (JSON-able, for both frameworks)."""
+    import collections
+
+    import keras
+
+    shapes, memo = collections.Counter(), {}
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            key = (tuple(layer.input.shape[1:]), layer.filters, tuple(layer.kernel_size), tuple(layer.strides),
+                   layer.padding.upper(), tuple(layer.dilation_rate), _needs_input_gradient(layer.input, memo))
+            shapes[key] += 1
+    return [{"input": list(in_shape), "filters": filters, "kernel": list(kernel), "strides": list(strides),
+             "padding": padding, "dilation": list(dilation), "input_gradient": input_grad, "layers": count}
+            for (in_shape, filters, kernel, strides, padding, dilation, input_grad), count in shapes.items()]
+
+
+REPEATS = 10
+
+
+def conv_work(layers, batch, steps, warmup):
+    """The convolutions of a train step alone: each Conv2D layer's forward, and its input and weight gradients
+    scheduled together as in the backward pass (they are independent, so they run side by side on the inter-op
+    threads), timed on random tensors of the layer's shapes and the compute dtype, summed over the layers. The input
+    gradient is left out where no trainable layer lies upstream (TensorFlow prunes it). Dividing the batch by these
+    sums bounds what a step that did nothing but its convolutions would reach. torchvision's side times the same
+    list (bench/torch_ssd_child.py --conv_layers).
+
+    Each graph runs a layer REPEATS times, one after the other (control dependencies, kept by switching grappler's
+    dependency optimizer off while these graphs are built), on distinct inputs (batch windows of one larger tensor
+    and slices of stacked filters, views rather than copies) so that TensorFlow's common-subexpression elimination
+    cannot merge them: the time per run then leaves out the call into the graph (about 1 ms on a 2-core CPU, as
+    much as a mid-sized convolution), which a train step pays once, not per layer. Distinct filters also make every
+    run reorder its filter into oneDNN's layout, as a train step does after each update."""
+    options = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"dependency_optimization": False})
+    try:
+        return _conv_work(layers, batch, steps, warmup)
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {"dependency_optimization": options.get("dependency_optimization", True)})
+
+
+def _conv_work(layers, batch, steps, warmup):
+    import keras
+
+    dtype = tf.dtypes.as_dtype(keras.mixed_precision.global_policy().compute_dtype)
+    train_s = forward_s = 0.0
+    rows = []
+    for layer in layers:
+        in_shape, kernel = tuple(layer["input"]), tuple(layer["kernel"])
+        xs = tf.cast(tf.random.normal((batch + REPEATS - 1,) + in_shape), dtype)
+        ws = tf.cast(tf.random.normal((REPEATS,) + kernel + (in_shape[-1], layer["filters"])) * 0.05, dtype)
+        conv_args = dict(strides=[1, *layer["strides"], 1], padding=layer["padding"],
+                         dilations=[1, *layer["dilation"], 1])
+
+        def conv(i, xs, ws, dy=None):
+            return [tf.raw_ops.Conv2D(input=xs[i:i + batch], filter=ws[i], **conv_args)]
+
+        def grads(i, xs, ws, dy):
+            x = xs[i:i + batch]
+            out = [tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(ws[i]), out_backprop=dy,
+                                                   **conv_args)]
+            if layer["input_gradient"]:
+                out.append(tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=ws[i], out_backprop=dy,
+                                                          **conv_args))
+            return out
+
+        def repeated(fn):
+            def run(xs, ws, dy):
+                outputs = []
+                for i in range(REPEATS):
+                    with tf.control_dependencies(outputs):
+                        outputs = fn(i, xs, ws, dy)
+                return tf.add_n([tf.reduce_sum(tf.cast(o[..., :1], tf.float32)) for o in outputs])
+            return tf.function(run)
+
+        dy = tf.cast(tf.random.normal(conv(0, xs, ws)[0].shape), dtype)
+        fwd, bwd = repeated(conv), repeated(grads)
+        t_f = _timeit(lambda: fwd(xs, ws, dy).numpy(), steps, warmup) / REPEATS
+        t_b = _timeit(lambda: bwd(xs, ws, dy).numpy(), steps, warmup) / REPEATS
+        forward_s += layer["layers"] * t_f
+        train_s += layer["layers"] * (t_f + t_b)
+        rows.append({**layer, "forward_ms": round(t_f * 1e3, 2), "backward_ms": round(t_b * 1e3, 2)})
+    return conv_summary(rows, batch, train_s, forward_s)
+
+
+def conv_summary(rows, batch, train_s, forward_s):
+    rows = sorted(rows, key=lambda r: -r["layers"] * (r["forward_ms"] + r["backward_ms"]))
+    return {"train_step_s": train_s, "forward_s": forward_s, "train_images_per_s": batch / train_s,
+            "forward_images_per_s": batch / forward_s, "largest": rows[:6]}
 
 
 OP_CATEGORIES = (  # (category, substrings of a TensorFlow op type), first match wins
@@ -347,7 +454,7 @@ def main():
             ours = {}
             for precision in precisions:
                 keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
-                r, _ = bench_step(preset, a.batch, a.steps, a.warmup, a.xla, a.profile)
+                r, model = bench_step(preset, a.batch, a.steps, a.warmup, a.xla, a.profile)
                 keras.mixed_precision.set_global_policy("float32")
                 conv = out["conv_3x3_256ch_38x38_b8"][precision]["forward_backward_gflops_per_s"]
                 r["train_fraction_of_conv_rate"] = r["train_gflops_per_s"] / conv
@@ -372,6 +479,12 @@ def main():
                     entry["best"][key] = {"ours": [our_mode, ours[our_mode][key]],
                                           "torchvision": [their_mode, tv[their_mode][key]],
                                           "ratio": ours[our_mode][key] / tv[their_mode][key]}
+                if a.profile:  # the same conv layers alone in torchvision's fastest layout, after ours
+                    layers_file = os.path.join(work, f"{preset}_conv_layers.json")
+                    with open(layers_file, "w") as f:
+                        json.dump(conv_layers(model), f)
+                    entry["torchvision_convolutions_alone"] = torchvision_figures(
+                        a, f"--conv_layers={layers_file}", f"--precisions={','.join(precisions)}")
             out["presets"][preset] = entry
     print(json.dumps(out, indent=2))
 
