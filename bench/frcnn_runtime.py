@@ -29,6 +29,7 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import numpy as np  # noqa: E402
+from timing import timed  # noqa: E402
 
 
 def log(*args):
@@ -99,16 +100,6 @@ def _sizes_from(files):
         with open(path) as f:
             sizes += [(im["height"], im["width"]) for im in json.load(f)["images"]]
     return sizes
-
-
-def _step_seconds(step, images, labels, steps, warmup=2):
-    """Mean wall seconds of ``step(images, labels)`` over ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step(images, labels).numpy()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(images, labels).numpy()
-    return (time.perf_counter() - t0) / steps
 
 
 def main():
@@ -183,7 +174,7 @@ def main():
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return losses["total_loss"]
 
-    bare = _step_seconds(step, images, labels, a.steps)
+    bare = timed(lambda: step(images, labels).numpy(), a.steps, warmup=2)
     out.update(bare_step_s=bare, train_images_per_s=a.batch / bare,
                pipeline_vs_train_consumption=out["pipeline_images_per_s"] * bare / a.batch)
     log(f"bare step: {bare:.3f} s ({a.batch / bare:.2f} images/s)")
@@ -197,7 +188,8 @@ def main():
     canvas_h, canvas_w = images.shape[1], images.shape[2]
     if (th <= tw) == (canvas_h <= canvas_w):  # the fixed batch's orientation: crop it to the tight shape
         tight_images = images[:, :th, :tw]
-        tight_s = _step_seconds(tf.function(step.python_function), tight_images, labels, a.steps)
+        step_tight = tf.function(step.python_function)
+        tight_s = timed(lambda: step_tight(tight_images, labels).numpy(), a.steps, warmup=2)
         pad.update(bare_step_s_canvas=bare, bare_step_s_tight=tight_s, canvas_step_over_tight=bare / tight_s)
         log(f"padding: canvas {canvas_h}x{canvas_w} step {bare:.3f} s, tight {th}x{tw} {tight_s:.3f} s")
     out["padding"] = pad

@@ -39,10 +39,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 sys.modules.setdefault("triton", None)  # torch's triton clashes with TF's LLVM; the CPU paths do not need it
+
+from timing import timed  # noqa: E402
 
 NUM_CLASSES = 91
 
@@ -122,15 +123,6 @@ def synthetic_targets(batch, height, width, boxes_per_image=8):
     boxes = np.concatenate([yx, np.minimum(yx + hw, [height, width])], axis=-1).astype("float32")
     classes = rng.integers(1, NUM_CLASSES, size=(batch, boxes_per_image)).astype("int32")
     return boxes, classes
-
-
-def timed(fn, steps, warmup):
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - start) / steps
 
 
 # ------------------------------------------------------------------------------------------------ torchvision

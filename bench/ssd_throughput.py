@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import numpy as np  # noqa: E402
+from timing import timed  # noqa: E402
 
 tf = None  # TensorFlow is imported by main() after the torchvision child has finished (see the docstring)
 
@@ -57,15 +58,6 @@ def forward_flops(model) -> float:
         elif isinstance(layer, keras.layers.Dense):
             total += 2 * layer.input.shape[-1] * layer.units
     return float(total)
-
-
-def _timeit(fn, steps, warmup):
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
 
 
 def _import_tensorflow():
@@ -101,8 +93,8 @@ def conv_rate(precision, steps=5):
             y = tf.reduce_sum(tf.cast(conv(x), tf.float32))
         return tape.gradient(y, [x] + conv.trainable_variables)
 
-    t_f = _timeit(lambda: fwd(x).numpy(), steps, 2)
-    t_b = _timeit(lambda: [g.numpy() for g in fwd_bwd(x)], steps, 2)
+    t_f = timed(lambda: fwd(x).numpy(), steps, 2)
+    t_b = timed(lambda: [g.numpy() for g in fwd_bwd(x)], steps, 2)
     keras.mixed_precision.set_global_policy("float32")
     return {"forward_gflops_per_s": flops / t_f / 1e9, "forward_backward_gflops_per_s": 3 * flops / t_b / 1e9}
 
@@ -156,7 +148,7 @@ def bench_step(preset, batch, steps, warmup, xla, profile=False):
         opt.apply_gradients(zip(g, model.trainable_variables))
         return loss
 
-    step_time = _timeit(lambda: train_step(images, box_t, cls_t).numpy(), steps, warmup)
+    step_time = timed(lambda: train_step(images, box_t, cls_t).numpy(), steps, warmup)
     profiled = op_profile(lambda: train_step(images, box_t, cls_t).numpy(), steps) if profile else None
     convs_alone = conv_work(conv_layers(model), batch, steps, warmup) if profile else None
     pp = dataclasses.asdict(cfg.postprocess)
@@ -169,13 +161,13 @@ def bench_step(preset, batch, steps, warmup, xla, profile=False):
             reg, logits = model(images, training=False)
         return ssd_postprocess(reg, logits, anchors, **pp)
 
-    infer_time = _timeit(lambda: infer(images)["num_detections"].numpy(), steps, warmup)
+    infer_time = timed(lambda: infer(images)["num_detections"].numpy(), steps, warmup)
 
     @tf.function
     def forward_only(images):
         return model(images, training=False)
 
-    fwd_time = _timeit(lambda: forward_only(images)[0].numpy(), steps, warmup)
+    fwd_time = timed(lambda: forward_only(images)[0].numpy(), steps, warmup)
 
     # Where a train step's time goes, by timing its prefixes: the training forward pass, + the loss (matching is in
     # the input pipeline, so this is the hard-negative mining and the two losses), + the backward pass, + the update.
@@ -189,9 +181,9 @@ def bench_step(preset, batch, steps, warmup, xla, profile=False):
         reg, logits = model(images, training=True)
         return ssd_loss(reg, logits, box_t, cls_t, normalization=norm)["total_loss"]
 
-    t_fwd = _timeit(lambda: forward_train(images).numpy(), steps, warmup)
-    t_loss = _timeit(lambda: forward_loss(images, box_t, cls_t).numpy(), steps, warmup)
-    t_grads = _timeit(lambda: grads_fn(images, box_t, cls_t)[0].numpy(), steps, warmup)
+    t_fwd = timed(lambda: forward_train(images).numpy(), steps, warmup)
+    t_loss = timed(lambda: forward_loss(images, box_t, cls_t).numpy(), steps, warmup)
+    t_grads = timed(lambda: grads_fn(images, box_t, cls_t)[0].numpy(), steps, warmup)
     split = {"forward_s": t_fwd, "loss_s": max(t_loss - t_fwd, 0.0), "backward_s": max(t_grads - t_loss, 0.0),
              "optimizer_update_s": max(step_time - t_grads, 0.0)}
     flops = forward_flops(model)
@@ -299,8 +291,8 @@ def _conv_work(layers, batch, steps, warmup):
 
         dy = tf.cast(tf.random.normal(conv(0, xs, ws)[0].shape), dtype)
         fwd, bwd = repeated(conv), repeated(grads)
-        t_f = _timeit(lambda: fwd(xs, ws, dy).numpy(), steps, warmup) / REPEATS
-        t_b = _timeit(lambda: bwd(xs, ws, dy).numpy(), steps, warmup) / REPEATS
+        t_f = timed(lambda: fwd(xs, ws, dy).numpy(), steps, warmup) / REPEATS
+        t_b = timed(lambda: bwd(xs, ws, dy).numpy(), steps, warmup) / REPEATS
         forward_s += layer["layers"] * t_f
         train_s += layer["layers"] * (t_f + t_b)
         rows.append({**layer, "forward_ms": round(t_f * 1e3, 2), "backward_ms": round(t_b * 1e3, 2)})

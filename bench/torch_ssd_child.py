@@ -18,10 +18,11 @@ import contextlib
 import json
 import os
 import sys
-import time
 
 sys.modules.setdefault("triton", None)  # torch's triton is not needed on the CPU paths
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "weights"))
+
+from timing import timed  # noqa: E402
 
 
 def build(preset):
@@ -40,15 +41,6 @@ def build(preset):
     head = SSDHead([256, 512, 512, 256, 256, 256], ANCHORS, 81)
     return SSD(R34Backbone(), anchors, (300, 300), 81, head=head, score_thresh=0.05, nms_thresh=0.5,
                detections_per_img=200, topk_candidates=200), 81
-
-
-def timed(fn, steps, warmup):
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
 
 
 def conv_work(layers, batch, steps, warmup, precision):
