@@ -6,10 +6,10 @@ JSON object on stdout (logs go to stderr).
         [--large-size 800x1216] [--large-batch 1] [--threads N] [--width 1.0]
 
 Measured, for each precision of ours (fp32; bf16 = the ``mixed_bfloat16`` policy) and of torchvision (fp32;
-bf16 = ``torch.autocast("cpu", torch.bfloat16)``): a training step (forward, the four losses, backward, SGD with
-momentum 0.9 and weight decay 1e-4) at ``--train-size`` x ``--train-batch``, and inference with post-processing
-at ``--infer-size`` x ``--infer-batch`` and ``--large-size`` x ``--large-batch``, in images/s; then the best mode of
-each side and our best / their best per workload.
+bf16 = ``torch.autocast("cpu", torch.bfloat16)``; each also with the model in ``channels_last``): a training step
+(forward, the four losses, backward, SGD with momentum 0.9 and weight decay 1e-4) at ``--train-size`` x
+``--train-batch``, and inference with post-processing at ``--infer-size`` x ``--infer-batch`` and ``--large-size``
+x ``--large-batch``, in images/s; then the best mode of each side and our best / their best per workload.
 
 Both models are configured alike: ResNet-50 FPN, 91 classes, FrozenBatchNorm, trainable_backbone_layers=3 (conv1
 and layer1 frozen), RPN 2000/2000 train and 1000/1000 test proposals, 512 RoIs per image in training
@@ -153,7 +153,13 @@ def torch_child(args):
     params = [p for p in model.parameters() if p.requires_grad]
     out = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
            "trainable_parameters": sum(p.numel() for p in params)}
-    for mode, autocast in (("fp32", False), ("bf16_autocast", True)):
+    # The contiguous modes first, then the model moves to channels_last (PyTorch's recommended CPU layout, in which
+    # oneDNN's convolutions run without reorders) for the same two.
+    for mode, autocast, channels_last in (("fp32", False, False), ("bf16_autocast", True, False),
+                                          ("fp32_channels_last", False, True),
+                                          ("bf16_autocast_channels_last", True, True)):
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         model.load_state_dict(initial)
         optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
         res = {}
