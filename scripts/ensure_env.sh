@@ -33,9 +33,11 @@ if [ ! -f "$_stamp" ] || [ "$_ssd_root/setup.py" -nt "$_stamp" ]; then
   if python -m pip install --quiet -e "$_ssd_root${_ssd_extras:+[$_ssd_extras]}" >&2; then
     touch "$_stamp"
   else
-    echo "[setup] pip install failed" >&2
+    # The torch extra alone unpacks to ~5.5 GB; a full disk is the usual reason for a failed install.
+    _free_kb="$(df -Pk "$VIRTUAL_ENV" 2>/dev/null | awk 'NR==2 {print $4}')"
+    echo "[setup] pip install failed (${_free_kb:+$((_free_kb / 1048576)) GB free on the disk of $VIRTUAL_ENV; }ssd_tf[test,torch] needs about 8 GB, without torch about 2.5 GB: SSD_TF_TEST_EXTRAS=test)" >&2
     return 1 2>/dev/null || exit 1
   fi
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-unset _py _ssd_extras _stamp _other _have _missing _extra
+unset _py _ssd_extras _stamp _other _have _missing _extra _free_kb
