@@ -11,14 +11,16 @@ Prints one JSON object on stdout (logs on stderr).
 * Bare step: ``model.compute_losses`` + gradient + MomentumSGD update in one tf.function on a fixed padded batch.
 * Runtime step: ``loop.Trainer`` + ``FasterRCNNTask`` + that pipeline (losses logged every step), its step time
   from ``train_log.jsonl`` without the first (tracing) steps; overhead = runtime / bare - 1 (target <= 5 %).
-* Padding: what the fixed canvas per orientation costs against torchvision's per-batch tight padding (each batch
-  padded to its largest resized image, rounded up to 32). Image sizes from ``--padding_sizes`` (COCO JSONs: their
+* Padding: what the orientation canvases alone, and with the canvases a training run fits to the images
+  (``model.auto_canvases``), cost against torchvision's per-batch tight padding (each batch padded to its largest
+  resized image, rounded up to 32). Image sizes from ``--padding_sizes`` (COCO JSONs: their
   ``images`` entries; e.g. ../shared/data/coco_tiny/annotations/*.json) or the bench's own 3:1 mix; batches are
-  random same-orientation groups of ``--batch``. Reports the pixels each way and the bare step time at the canvas
-  against the step at the most common tight shape.
+  random same-orientation groups of ``--batch``. Reports the pixels each way and the bare step time at the
+  orientation canvas against the step at the most common tight shape and at the most used fitted canvas.
 """
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -59,25 +61,36 @@ def write_records(path, num_images, seed=0):
                 texts=["x"] * 8, is_crowd=[0] * 8, area=[1.0] * 8, difficult=[0] * 8, truncated=[0] * 8))
 
 
-def padding_cost(sizes, min_size, max_size, divisor, batch, seed=0):
-    """Pixels per image of the fixed orientation canvases and of per-batch tight padding, for images of ``sizes``
+def padding_cost(sizes, model, batch, seed=0):
+    """Pixels per image of the orientation canvases alone, of those plus the canvases a training run fits to these
+    images (``model.auto_canvases`` per orientation), and of per-batch tight padding, for images of ``sizes``
     [(h, w), ...] resized as torchvision does and grouped by orientation into random batches of ``batch``."""
     import collections
     import math
+
+    from ssd_tf.data.rcnn_parser import fit_canvases, model_canvases
+
+    divisor = model.size_divisibility
 
     def ceil(v):
         return int(math.ceil(v / divisor) * divisor)
 
     def resized(h, w):
-        s = min(min_size / min(h, w), max_size / max(h, w))
+        s = min(model.min_size / min(h, w), model.max_size / max(h, w))
         return int(math.floor(h * s)), int(math.floor(w * s))
 
-    canvas = {True: (ceil(min_size), ceil(max_size)), False: (ceil(max_size), ceil(min_size))}
+    def smallest(canvases, h, w):
+        return min((c for c in canvases if h <= c[0] and w <= c[1]), key=lambda c: c[0] * c[1])
+
+    images = [resized(h, w) for h, w in sizes]
+    canvas = {True: (ceil(model.min_size), ceil(model.max_size)), False: (ceil(model.max_size), ceil(model.min_size))}
+    fitted = fit_canvases(images, model, model.auto_canvases)
+    all_canvases = model_canvases(dataclasses.replace(model, canvases=tuple(fitted)))
     rng = np.random.default_rng(seed)
     fixed = tight = valid = 0
-    shapes = collections.Counter()
+    shapes, on_fitted = collections.Counter(), collections.Counter()
     for landscape in (True, False):
-        group = [resized(h, w) for h, w in sizes if (h <= w) == landscape]
+        group = [m for m in images if (m[0] <= m[1]) == landscape]
         order = rng.permutation(len(group))
         for k in range(0, len(order), batch):
             members = [group[i] for i in order[k:k + batch]]
@@ -86,12 +99,19 @@ def padding_cost(sizes, min_size, max_size, divisor, batch, seed=0):
             tight += th * tw * len(members)
             fixed += canvas[landscape][0] * canvas[landscape][1] * len(members)
             valid += sum(h * w for h, w in members)
+    for h, w in images:
+        on_fitted[smallest(all_canvases, h, w)] += 1
+    fitted_pixels = sum(c[0] * c[1] * n for c, n in on_fitted.items())
     n = len(sizes)
     return {"images": n, "canvases": [list(canvas[True]), list(canvas[False])],
+            "fitted_canvases": [list(c) for c in fitted],
             "valid_pixels_per_image": valid / n, "fixed_canvas_pixels_per_image": fixed / n,
-            "tight_pixels_per_image": tight / n, "fixed_over_tight": fixed / tight,
-            "padding_fraction_fixed": 1 - valid / fixed, "padding_fraction_tight": 1 - valid / tight,
-            "most_common_tight_shape": list(shapes.most_common(1)[0][0])}
+            "fitted_canvas_pixels_per_image": fitted_pixels / n, "tight_pixels_per_image": tight / n,
+            "fixed_over_tight": fixed / tight, "fitted_over_tight": fitted_pixels / tight,
+            "padding_fraction_fixed": 1 - valid / fixed, "padding_fraction_fitted": 1 - valid / fitted_pixels,
+            "padding_fraction_tight": 1 - valid / tight,
+            "most_common_tight_shape": list(shapes.most_common(1)[0][0]),
+            "most_common_fitted_canvas": list(on_fitted.most_common(1)[0][0])}
 
 
 def _sizes_from(files):
@@ -182,16 +202,21 @@ def main():
     # Padding: the fixed canvas against per-batch tight padding, in pixels and in bare-step time.
     sizes = _sizes_from(a.padding_sizes) if a.padding_sizes else [(640, 480) if i % 4 == 3 else (480, 640)
                                                                   for i in range(a.images)]
-    pad = padding_cost(sizes, a.min_size, a.max_size, cfg.model.size_divisibility, a.batch)
+    pad = padding_cost(sizes, cfg.model, a.batch)
     pad["sizes_from"] = a.padding_sizes or "bench mix (3 x 480x640 : 1 x 640x480)"
-    th, tw = pad["most_common_tight_shape"]
     canvas_h, canvas_w = images.shape[1], images.shape[2]
-    if (th <= tw) == (canvas_h <= canvas_w):  # the fixed batch's orientation: crop it to the tight shape
-        tight_images = images[:, :th, :tw]
-        step_tight = tf.function(step.python_function)
-        tight_s = timed(lambda: step_tight(tight_images, labels).numpy(), a.steps, warmup=2)
-        pad.update(bare_step_s_canvas=bare, bare_step_s_tight=tight_s, canvas_step_over_tight=bare / tight_s)
-        log(f"padding: canvas {canvas_h}x{canvas_w} step {bare:.3f} s, tight {th}x{tw} {tight_s:.3f} s")
+    pad["bare_step_s_canvas"] = bare
+    for name, (th, tw) in (("tight", pad["most_common_tight_shape"]), ("fitted", pad["most_common_fitted_canvas"])):
+        if (th <= tw) != (canvas_h <= canvas_w):
+            continue  # only the fixed batch's orientation: crop it to the shape
+        if (th, tw) == (canvas_h, canvas_w):
+            seconds = bare
+        else:
+            cropped = images[:, :th, :tw]
+            step_cropped = tf.function(step.python_function)
+            seconds = timed(lambda: step_cropped(cropped, labels).numpy(), a.steps, warmup=2)
+        pad.update({f"bare_step_s_{name}": seconds, f"canvas_step_over_{name}": bare / seconds})
+        log(f"padding: canvas {canvas_h}x{canvas_w} step {bare:.3f} s, {name} {th}x{tw} {seconds:.3f} s")
     out["padding"] = pad
 
     # Runtime step: Trainer + task + pipeline.

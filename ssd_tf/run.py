@@ -476,6 +476,9 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
     check_model_dir(cfg)
     strategy, task, global_batch = _setup(cfg, cluster, collective_timeout, log)
     _check_gradient_determinism(cfg, task)
+    from ssd_tf.data.reader import list_files
+
+    task.fit_to_training_data(list_files(cfg.data.training_file_pattern), log)
     model_dir = cfg.runtime.model_dir
     steps = total_steps(cfg, global_batch)
     schedule = make_schedule(cfg, global_batch, steps)

@@ -10,8 +10,10 @@ Per image (REFERENCE_SPECS §3.7):
   ``_pixel_boxes``), horizontal flip with probability ``flip_prob`` (x' = W - x, or W - x - 1 with ``pixel_offset``
   1), stateless in the example's seed;
 * the config's normalisation (RGB 0-1 mean/std, or BGR 0-255 mean only), then zero padding (0 in normalised
-  space, as torchvision pads after normalising) to one fixed canvas per orientation: landscape (h <= w)
-  ceil32(min_size) x ceil32(max_size), portrait the transpose. A run therefore sees two input shapes.
+  space, as torchvision pads after normalising) to the smallest of the model's fixed canvases that holds the
+  resized image (``canvases``): the two orientation canvases, landscape (h <= w) ceil32(min_size) x
+  ceil32(max_size) and portrait the transpose, which hold every image, then the config's extra ``canvases``
+  (``fit_canvases`` chooses them from the training images' sizes). A run sees one input shape per canvas.
 
 Labels: training — ``boxes`` [max_boxes, 4] yxyx in pixels of the resized (flipped) image, ``classes`` (contiguous,
 0 = padding), ``num_boxes``, ``image_info``, ``image_key`` (int64 hash of the source_id, else the file name: the
@@ -24,11 +26,11 @@ original image (``boxes``, ``classes``, ``is_crowd``, ``difficult``, ``num_boxes
 scale (h'/h, w'/w) and offset (0, 0). The model's detections are pixels of the resized image
 (``boxes_frame="input_pixels"``).
 
-Batching: every batch holds one orientation. Training reads two streams (landscape, portrait), each shuffled and
-repeated, and takes batch k from the landscape stream when floor((k + 1) p + phi) > floor(k p + phi), p being the
-landscape fraction of the training set (estimated from up to ``ORIENTATION_SAMPLE`` records) — the same
-proportion as torchvision's aspect-ratio grouping, with every stream's position a closed-form function of the
-step, so a resumed run skips exactly what it consumed. Evaluation groups consecutive images by orientation.
+Batching: every batch holds one canvas (``group``). Training reads a stream per canvas, each shuffled and
+repeated, in the proportion of the training set's images on each canvas (estimated from its first
+``reader.GROUP_SAMPLE`` records; ``reader.group_choice``) — torchvision's aspect-ratio grouping, with every
+stream's position a closed-form function of the step, so a resumed run skips exactly what it consumed.
+Evaluation groups consecutive images by canvas.
 """
 from __future__ import annotations
 
@@ -41,8 +43,7 @@ from ssd_tf.data.preprocess import normalize_image
 from ssd_tf.data.reader import pad_to
 from ssd_tf.data.ssd_parser import image_info
 
-ORIENTATION_SAMPLE = 2000
-LANDSCAPE, PORTRAIT = 0, 1
+LANDSCAPE, PORTRAIT = 0, 1  # the two orientation canvases' groups
 
 
 def _ceil_to(value: int, multiple: int) -> int:
@@ -79,9 +80,9 @@ def image_key(decoded) -> tf.Tensor:
     return tf.strings.to_hash_bucket_fast(name, 2**62)
 
 
-def record_orientation(serialized) -> tf.Tensor:
-    """LANDSCAPE (h <= w) or PORTRAIT of a serialized example, from its stated size (the image header when the
-    record states none), without decoding the pixels."""
+def record_size(serialized):
+    """(height, width) int64 of a serialized example, from its stated size (the image header when the record
+    states none), without decoding the pixels."""
     parsed = tf.io.parse_single_example(serialized, {
         ex.IMAGE_HEIGHT: tf.io.FixedLenFeature((), tf.int64, default_value=-1),
         ex.IMAGE_WIDTH: tf.io.FixedLenFeature((), tf.int64, default_value=-1),
@@ -92,8 +93,84 @@ def record_orientation(serialized) -> tf.Tensor:
         shape = tf.shape(tf.io.decode_image(parsed[ex.IMAGE_ENCODED], channels=3, expand_animations=False))
         return tf.cast(shape[0], tf.int64), tf.cast(shape[1], tf.int64)
 
-    h, w = tf.cond((h > 0) & (w > 0), lambda: (h, w), from_image)
-    return tf.where(h <= w, LANDSCAPE, PORTRAIT)
+    return tf.cond((h > 0) & (w > 0), lambda: (h, w), from_image)
+
+
+def model_canvases(model) -> list:
+    """The padding canvases [(height, width), ...] of a ``FasterRCNNModelConfig``: the landscape and portrait
+    orientation canvases (groups ``LANDSCAPE`` and ``PORTRAIT``), then its extra ``canvases``; every side rounded
+    up to ``size_divisibility``; duplicates dropped."""
+    d = model.size_divisibility
+    short, long = _ceil_to(model.min_size, d), _ceil_to(model.max_size, d)
+    out = []
+    for h, w in [(short, long), (long, short)] + [tuple(c) for c in model.canvases]:
+        c = (_ceil_to(h, d), _ceil_to(w, d))
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def canvas_group(height, width, canvases, allowed=None) -> tf.Tensor:
+    """int64 index of the smallest canvas (by area; the first on ties) that holds a ``height`` x ``width``
+    resized image, among the ``allowed`` ones (a list of bools; default all); -1 when none does."""
+    allowed = [True] * len(canvases) if allowed is None else list(allowed)
+    ch = tf.constant([c[0] for c in canvases], tf.int64)
+    cw = tf.constant([c[1] for c in canvases], tf.int64)
+    fits = (tf.cast(height, tf.int64) <= ch) & (tf.cast(width, tf.int64) <= cw) & tf.constant(allowed)
+    area = tf.where(fits, ch * cw, tf.constant(2**62, tf.int64))
+    return tf.where(tf.reduce_any(fits), tf.argmin(area, output_type=tf.int64), tf.constant(-1, tf.int64))
+
+
+def fit_canvases(sizes, model, per_orientation: int, min_saving: float = 0.02) -> list:
+    """Extra canvases for images of resized ``sizes`` [(h, w), ...] (``resized_size``), up to ``per_orientation``
+    per orientation: each canvas keeps the orientation canvas's short side and cuts its long side to the padded
+    long side of some images, the cuts chosen to minimise the pixels of all images padded to their smallest
+    canvas (exactly, by dynamic programming over the distinct padded lengths). A further cut is added only while
+    it saves at least ``min_saving`` of that orientation's pixels on the orientation canvas alone."""
+    d = model.size_divisibility
+    short, full = _ceil_to(model.min_size, d), _ceil_to(model.max_size, d)
+    extra = []
+    for landscape in (True, False):
+        lengths = sorted(_ceil_to(max(h, w), d) for h, w in sizes if (h <= w) == landscape)
+        if not lengths:
+            continue
+        values = sorted(set(v for v in lengths if v < full))
+        count = {v: lengths.count(v) for v in values}
+        base = len(lengths) * full  # every image on the orientation canvas (in units of short-side rows)
+        best = {(): base}
+        # cost(cuts) = sum over images of the smallest cut (or full) >= its length; f[t][j]: images up to
+        # values[j] with t cuts, the last at values[j]; plus the rest on the full canvas.
+        n = len(values)
+        f = [[None] * n for _ in range(per_orientation + 1)]
+        prev = [[None] * n for _ in range(per_orientation + 1)]
+        below = [0] * (n + 1)  # images with length <= values[j-1]
+        for j, v in enumerate(values):
+            below[j + 1] = below[j] + count[v]
+        for t in range(1, per_orientation + 1):
+            for j in range(n):
+                if t == 1:
+                    f[t][j] = below[j + 1] * values[j]
+                    continue
+                options = [(f[t - 1][i] + (below[j + 1] - below[i + 1]) * values[j], i) for i in range(j)
+                           if f[t - 1][i] is not None]
+                if options:
+                    f[t][j], prev[t][j] = min(options)
+            candidates = [(f[t][j] + (len(lengths) - below[j + 1]) * full, j) for j in range(n) if f[t][j] is not None]
+            if not candidates:
+                break
+            cost, j = min(candidates)
+            cuts, k = [], t
+            while j is not None:
+                cuts.append(values[j])
+                j, k = prev[k][j], k - 1
+            best[tuple(sorted(cuts))] = cost
+        chosen, cost = (), base
+        for cuts, c in sorted(best.items(), key=lambda item: len(item[0]))[1:]:
+            if cost - c < min_saving * base:
+                break
+            chosen, cost = cuts, c
+        extra += [(short, v) if landscape else (v, short) for v in chosen]
+    return extra
 
 
 class RCNNParser:
@@ -107,9 +184,8 @@ class RCNNParser:
             raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
         self.model = model
         self.max_boxes = max_boxes
-        d = model.size_divisibility
-        self.canvas = {LANDSCAPE: (_ceil_to(model.min_size, d), _ceil_to(model.max_size, d)),
-                       PORTRAIT: (_ceil_to(model.max_size, d), _ceil_to(model.min_size, d))}
+        self.canvases = model_canvases(model)  # group index -> (height, width)
+        self.num_groups = len(self.canvases)
 
     # --- one example --------------------------------------------------------------------------------
     def parse(self, decoded, seed, is_training):
@@ -163,33 +239,40 @@ class RCNNParser:
         return tf.stack([ymin, w - xmax, ymax, w - xmin], axis=-1)
 
     def _pad(self, image, new_h, new_w):
-        """Zero-pads to the orientation's canvas; returns [H, W, 3] with H, W the canvas (dynamic shape)."""
-        (lh, lw), (ph, pw) = self.canvas[LANDSCAPE], self.canvas[PORTRAIT]
-        landscape = new_h <= new_w
-        target_h = tf.where(landscape, lh, ph)
-        target_w = tf.where(landscape, lw, pw)
-        image = tf.pad(image, [[0, target_h - new_h], [0, target_w - new_w], [0, 0]])
+        """Zero-pads to the smallest canvas that holds the image; returns [H, W, 3] (dynamic shape)."""
+        group = canvas_group(new_h, new_w, self.canvases)
+        target = tf.gather(tf.constant(self.canvases, tf.int32), group)
+        image = tf.pad(image, [[0, target[0] - new_h], [0, target[1] - new_w], [0, 0]])
         return tf.ensure_shape(image, [None, None, 3])
 
     # --- batches --------------------------------------------------------------------------------------
-    def orientation(self, serialized):
-        return record_orientation(serialized)
+    def group(self, serialized, allowed=None):
+        """The canvas (group) index of a serialized example among the ``allowed`` canvases (default all; -1 when
+        none holds it), from its stated size, without decoding the pixels."""
+        height, width = record_size(serialized)
+        m = self.model
+        new_h, new_w = resized_size(height, width, m.min_size, m.max_size, m.resize_rounding)
+        return canvas_group(new_h, new_w, self.canvases, allowed)
 
     def batch(self, dataset, batch_size, is_training):
-        """Evaluation: consecutive images of one orientation per batch (the last of each may be short).
-        Training batches are formed by the reader from one stream per orientation (``orientation``)."""
+        """Evaluation: consecutive images of one canvas per batch (the last of each may be short).
+        Training batches are formed by the reader from one stream per canvas (``group``)."""
         if is_training:
-            raise ValueError("RCNNParser: training batches come from the reader's orientation streams")
+            raise ValueError("RCNNParser: training batches come from the reader's per-canvas streams")
 
         def key(image, labels):
-            return tf.cast(tf.shape(image)[0] > tf.shape(image)[1], tf.int64)
+            shape = tf.cast(tf.shape(image), tf.int64)
+            return shape[0] * 2**20 + shape[1]
 
         def to_batch(_, window):
             return window.batch(batch_size)
 
         return dataset.group_by_window(key, to_batch, window_size=batch_size)
 
+    def group_label(self, group) -> str:
+        return "x".join(map(str, self.canvases[group]))
+
     def fix_shape(self, images, group):
-        """The static canvas of a training batch of orientation ``group``."""
-        h, w = self.canvas[group]
+        """The static canvas of a training batch of ``group``."""
+        h, w = self.canvases[group]
         return tf.ensure_shape(images, [None, h, w, 3])

@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import tensorflow as tf
 
 from ssd_tf.data import example as ex
 from ssd_tf.data.decoder import decode_example
 from ssd_tf.data.shards import expand_pattern
 
-_ORIENTATION_SAMPLE = 2000  # records read (headers only) to estimate the landscape fraction
+GROUP_SAMPLE = 2000  # records read (headers only) to estimate each group's share of the training set
 
 
 def list_files(file_pattern) -> list[str]:
@@ -129,25 +130,46 @@ def _serialized_records(files, *, is_training, num_pipes, pipe_id, seed, shuffle
     return ds
 
 
-def landscape_fraction(files, orientation, sample: int) -> float:
-    """The fraction of group 0 (landscape) among the first ``sample`` records of ``files`` (in file order)."""
-    counts = tf.data.TFRecordDataset(list(files)).take(sample).map(orientation).reduce(
-        tf.zeros([2], tf.int64), lambda acc, g: acc + tf.one_hot(g, 2, dtype=tf.int64))
-    counts = counts.numpy()
-    return float(counts[0]) / max(1, int(counts.sum()))
+def sample_map(files, fn, sample: int = GROUP_SAMPLE) -> list:
+    """``fn(serialized)`` of the first ``sample`` records of ``files`` (in file order), as numpy values."""
+    ds = tf.data.TFRecordDataset(list(files)).take(sample).map(fn, num_parallel_calls=tf.data.AUTOTUNE,
+                                                               deterministic=True)
+    return list(ds.as_numpy_iterator())
 
 
-def group_choice(k, p: float, phi: float):
-    """1 when batch k comes from group 0 (landscape): floor((k + 1) p + phi) > floor(k p + phi), a sequence whose
-    first K terms hold exactly floor(K p + phi) ones (phi in [0, 1))."""
+def group_split(fractions) -> list:
+    """The split ratios of ``group_choice``: group g's share of the batches that groups 0..g-1 left."""
+    ratios, rest = [], 1.0
+    for p in fractions[:-1]:
+        ratios.append(min(1.0, p / rest) if rest > 0 else 1.0)
+        rest -= p
+    return ratios
+
+
+def group_choice(k, fractions, phi: float):
+    """The group (an index into ``fractions``, which sum to 1) batch k comes from. Group 0 takes batch k when
+    floor((k + 1) q + phi) > floor(k q + phi), q its fraction, so its first K batches hold exactly floor(K q + phi)
+    of its (phi in [0, 1)); the batches it leaves, renumbered, are split the same way between group 1 and the
+    rest with group 1's share of them, and so on."""
     k = tf.cast(k, tf.float64)
-    return tf.cast(tf.floor((k + 1.0) * p + phi) - tf.floor(k * p + phi), tf.int64)
+    chosen = tf.constant(len(fractions) - 1, tf.int64)
+    decided = tf.constant(False)
+    for g, q in enumerate(group_split(fractions)):
+        take = tf.floor((k + 1.0) * q + phi) > tf.floor(k * q + phi)
+        chosen = tf.where(~decided & take, tf.constant(g, tf.int64), chosen)
+        decided = decided | take
+        k = k - tf.floor(k * q + phi)
+    return chosen
 
 
-def groups_before(batches: int, p: float, phi: float) -> tuple[int, int]:
-    """(group-0 batches, group-1 batches) among the first ``batches`` batches of ``group_choice``."""
-    first = int(math.floor(batches * p + phi))
-    return first, batches - first
+def groups_before(batches: int, fractions, phi: float) -> list:
+    """How many of the first ``batches`` batches of ``group_choice`` each group holds."""
+    counts, left = [], int(batches)
+    for q in group_split(fractions):
+        taken = int(math.floor(left * q + phi))
+        counts.append(taken)
+        left -= taken
+    return counts + [left]
 
 
 def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, input_context=None,
@@ -162,8 +184,9 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
     leave out (passed to the parser as ``decoded["train_keep"]``); ``drop_images_without_boxes``: training skips
     images none of whose boxes is kept. Training batches repeat forever; evaluation is one pass.
 
-    A parser with an ``orientation(serialized) -> 0 | 1`` method gets single-orientation training batches from
-    two streams (see ``group_choice``; R-CNN's landscape / portrait canvases).
+    A parser with ``num_groups`` and a ``group(serialized, allowed) -> index | -1`` method gets single-group
+    training batches from one stream per group (see ``group_choice``; R-CNN's canvases), and its
+    ``fix_shape(images, group)`` gives each stream's batches their static shape.
     """
     _validate(batch_size, class_ids, shuffle_buffer)
     files = list_files(file_pattern)
@@ -196,29 +219,35 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
             ds = ds.filter(lambda s: _has_training_boxes(s, drop_crowd, drop_difficult))
         return ds
 
-    grouped = is_training and hasattr(parser, "orientation")
+    grouped = is_training and hasattr(parser, "group")
     if grouped:
-        p = landscape_fraction(files, parser.orientation, _ORIENTATION_SAMPLE)
+        counts = np.bincount(np.asarray(sample_map(files, parser.group), np.int64) + 1,
+                             minlength=parser.num_groups + 1)[1:]
+        active = [g for g in range(parser.num_groups) if counts[g] > 0]
+        if not active:
+            raise ValueError(f"{file_pattern}: none of the first {GROUP_SAMPLE} training records fits a canvas")
+        allowed = [bool(counts[g]) for g in range(parser.num_groups)]
+        fractions = [float(counts[g]) / float(counts.sum()) for g in active]
         phi = (seed % 9973) / 9973.0
         skip_batches = int(skip_examples) // batch_size
-        before = groups_before(skip_batches, p, phi)
+        before = groups_before(skip_batches, fractions, phi)
         if log is not None:
-            log(f"Training batches by orientation: {p:.1%} landscape")
+            shares = ", ".join(f"{parser.group_label(g)} {p:.1%}" for g, p in zip(active, fractions))
+            log(f"Training batches by canvas: {shares}")
         streams = []
-        for group in (0, 1):
-            ds = records(seed + 7919 * group).filter(
-                lambda s, g=group: tf.equal(parser.orientation(s), g)).enumerate()
-            if before[group]:
-                ds = ds.skip(before[group] * batch_size)
-            ds = ds.map(parse_fn(group), num_parallel_calls=num_parallel_calls, deterministic=True)
+        for g, skip in zip(active, before):
+            ds = records(seed + 7919 * g).filter(
+                lambda s, g=g: tf.equal(parser.group(s, allowed), g)).enumerate()
+            if skip:
+                ds = ds.skip(skip * batch_size)
+            ds = ds.map(parse_fn(g), num_parallel_calls=num_parallel_calls, deterministic=True)
             ds = ds.batch(batch_size, drop_remainder=True)
-            if hasattr(parser, "fix_shape"):
-                ds = ds.map(lambda images, labels, g=group: (parser.fix_shape(images, g), labels))
+            ds = ds.map(lambda images, labels, g=g: (parser.fix_shape(images, g), labels))
             streams.append(ds)
-        if p >= 1.0 or p <= 0.0:  # one orientation only (in the sample): its stream alone
-            ds = streams[0 if p >= 1.0 else 1]
+        if len(streams) == 1:
+            ds = streams[0]
         else:
-            choice = tf.data.Dataset.range(skip_batches, 2**62).map(lambda k: 1 - group_choice(k, p, phi))
+            choice = tf.data.Dataset.range(skip_batches, 2**62).map(lambda k: group_choice(k, fractions, phi))
             ds = tf.data.Dataset.choose_from_datasets(streams, choice)
     else:
         ds = records(seed)

@@ -116,6 +116,11 @@ class FasterRCNNModelConfig:
     max_size: int = 1333  # longer side at most
     resize_rounding: str = "torchvision"  # torchvision (scale factor, floor) | truncate (maskrcnn-benchmark int sizes)
     size_divisibility: int = 32
+    # Padding canvases [(height, width), ...] besides the two orientation canvases (ceil(min_size) x ceil(max_size)
+    # and its transpose, which hold every image); each image is padded to the smallest canvas that holds it.
+    # Training fills this from the training images (``auto_canvases`` per orientation) when it is empty.
+    canvases: tuple[tuple[int, int], ...] = ()
+    auto_canvases: int = 2  # extra canvases per orientation a training run fits to its images (0: none)
     flip_prob: float = 0.5
 
     def __post_init__(self):
@@ -127,6 +132,11 @@ class FasterRCNNModelConfig:
             raise ValueError(f"model.pixel_offset must be 0 or 1, got {self.pixel_offset}")
         if self.resize_rounding not in ("torchvision", "truncate"):
             raise ValueError(f"model.resize_rounding must be 'torchvision' or 'truncate', got {self.resize_rounding!r}")
+        if self.auto_canvases < 0:
+            raise ValueError(f"model.auto_canvases must be >= 0, got {self.auto_canvases}")
+        for c in self.canvases:
+            if len(c) != 2 or min(c) < 1:
+                raise ValueError(f"model.canvases must be (height, width) pairs of positive sizes, got {c!r}")
         if self.min_size < 1 or self.max_size < self.min_size:
             raise ValueError(f"model.min_size/max_size must satisfy 1 <= min_size <= max_size, got "
                              f"{self.min_size}/{self.max_size}")

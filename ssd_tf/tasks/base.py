@@ -6,6 +6,7 @@ A family subclasses ``Task`` and provides:
     loss_names                       ("total_loss", ...); total_loss drives the gradient
     boxes_frame                      "normalized" (boxes in [0, 1] of the model input) or "input_pixels"
     make_parser(is_training)         its parser for the shared reader (``ssd_tf/data/reader.py``)
+    fit_to_training_data(files, log) optional: config values a training run settles from its data
     compute_losses(model, images, labels) -> {name: float32 scalar}, normalised per replica batch
     detect(model, images, image_info) -> {boxes [B,K,4] yxyx in ``boxes_frame``, scores [B,K], classes [B,K]
                                           (contiguous, 1 = first class), num_detections [B]}
@@ -100,6 +101,10 @@ class Task:
     def make_parser(self, is_training: bool):
         raise NotImplementedError
 
+    def fit_to_training_data(self, files, log) -> None:
+        """Before a training run builds its model and data: settle config values that depend on the training
+        ``files`` (written to the config the run saves). Nothing by default."""
+
     def per_replica_batch(self, input_context) -> int:
         if input_context is not None and self.global_batch_size:
             return input_context.get_per_replica_batch_size(self.global_batch_size)
@@ -115,7 +120,7 @@ class Task:
                              shuffle_buffer=d.shuffle_buffer, seed=self.cfg.train.seed,
                              skip_examples=start_step * batch * replicas_per_pipeline(input_context),
                              drop_crowd=d.drop_crowd, drop_difficult=d.drop_difficult,
-                             drop_images_without_boxes=d.drop_images_without_boxes)
+                             drop_images_without_boxes=d.drop_images_without_boxes, log=self.log)
 
     def build_eval_dataset(self):
         from ssd_tf.data.reader import build_dataset

@@ -2,6 +2,8 @@
 (see ``tasks/base.py``; the model: ``ssd_tf/models/faster_rcnn.py``)."""
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ssd_tf.tasks.base import Task
@@ -21,18 +23,40 @@ class FasterRCNNTask(Task):
 
         return RCNNParser(self.cfg.model, max_boxes=self.cfg.data.max_boxes)
 
+    def fit_to_training_data(self, files, log) -> None:
+        """Fills ``model.canvases`` (when empty) with ``model.auto_canvases`` per orientation fitted to the sizes of
+        the first ``reader.GROUP_SAMPLE`` training images, so fewer pixels are padding (torchvision pads each batch
+        to its largest image; static shapes need a fixed set). The run's config.json records them, so a resumed run,
+        its evaluation and its export use the same canvases."""
+        from ssd_tf.data.rcnn_parser import fit_canvases, model_canvases, record_size, resized_size
+        from ssd_tf.data.reader import sample_map
+
+        m = self.cfg.model
+        if m.canvases or not m.auto_canvases:
+            return
+
+        def size(serialized):
+            h, w = record_size(serialized)
+            return resized_size(h, w, m.min_size, m.max_size, m.resize_rounding)
+
+        sizes = [(int(h), int(w)) for h, w in sample_map(files, size)]
+        m.canvases = tuple(fit_canvases(sizes, m, m.auto_canvases))
+        padded = _padded_pixels(sizes, model_canvases(m))
+        alone = _padded_pixels(sizes, model_canvases(dataclasses.replace(m, canvases=())))
+        log(f"Canvases fitted to {len(sizes)} training images: {[list(c) for c in m.canvases] or 'none added'} "
+            f"besides the orientation canvases ({padded / max(alone, 1):.0%} of their pixels)")
+
     def _on_canvas(self, images, fn):
-        """``fn(images)`` with the batch's static canvas shape. Batches of both orientations come through one
-        input pipeline, so their height and width are not static there; a ``tf.cond`` on the orientation runs
-        ``fn`` traced once per canvas (two static-shape graphs, gradients included)."""
+        """``fn(images)`` with the batch's static canvas shape. Batches of every canvas come through one input
+        pipeline, so their height and width are not static there; a ``tf.switch_case`` on the canvas runs ``fn``
+        traced once per canvas (static-shape graphs, gradients included)."""
         if images.shape[1] is not None and images.shape[2] is not None:
             return fn(images)
-        parser = self.make_parser(False)
-        landscape, portrait = parser.canvas[0], parser.canvas[1]
+        canvases = self.make_parser(False).canvases
         batch = images.shape[0]
-        is_landscape = tf.shape(images)[1] <= tf.shape(images)[2]
-        return tf.cond(is_landscape, lambda: fn(tf.ensure_shape(images, [batch, *landscape, 3])),
-                       lambda: fn(tf.ensure_shape(images, [batch, *portrait, 3])))
+        matches = tf.reduce_all(tf.equal(tf.constant(canvases, tf.int32), tf.shape(images)[None, 1:3]), axis=1)
+        index = tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32)
+        return tf.switch_case(index, [lambda c=c: fn(tf.ensure_shape(images, [batch, *c, 3])) for c in canvases])
 
     def sampling_seeds(self, labels):
         """[B, 2] stateless seeds of the anchor and RoI sampling, one per image: (run seed, image identity) folded
@@ -65,3 +89,11 @@ class FasterRCNNTask(Task):
                     "num_detections": tf.cast(out["num_detections"], tf.int32)}
 
         return self._on_canvas(images, detections)
+
+
+def _padded_pixels(sizes, canvases) -> int:
+    """Pixels of images of resized ``sizes`` each padded to the smallest of ``canvases`` that holds it."""
+    total = 0
+    for h, w in sizes:
+        total += min((ch * cw for ch, cw in canvases if h <= ch and w <= cw), default=0)
+    return total

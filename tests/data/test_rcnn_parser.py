@@ -1,6 +1,9 @@
 """The R-CNN parser on the shared reader: aspect-preserving resize (torchvision's and maskrcnn-benchmark's
-rounding), flip, boxes in resized pixels, crowd left out of training, image_info, two fixed canvases, and
-single-orientation training batches whose stream position is a function of the step (exact resume)."""
+rounding), flip, boxes in resized pixels, crowd left out of training, image_info, the fixed canvases (the two
+orientation canvases and those fitted to the data), and single-canvas training batches whose stream position is
+a function of the step (exact resume)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,11 +11,12 @@ import tensorflow as tf
 from ssd_tf import config as config_lib
 from ssd_tf import presets
 from ssd_tf.data.example import encode_example
-from ssd_tf.data.rcnn_parser import RCNNParser, resized_size
+from ssd_tf.data.rcnn_parser import RCNNParser, fit_canvases, model_canvases, resized_size
 from ssd_tf.data.reader import build_dataset, group_choice, groups_before
 
 CLASS_IDS = [1, 2]
-SIZES = [(60, 90), (90, 60), (64, 64), (50, 120), (120, 50), (70, 100), (100, 70), (80, 80), (40, 100), (66, 99)]
+SIZES = [(60, 90), (90, 60), (64, 64), (50, 120), (120, 50), (70, 100), (100, 70), (80, 80), (40, 100), (66, 99),
+         (60, 75)]
 
 
 def _model(**overrides):
@@ -104,8 +108,6 @@ def test_flip_mirrors_boxes_in_the_resized_frame(records):
 def test_inclusive_pixel_boxes_of_maskrcnn_benchmark(records):
     """pixel_offset 1: training boxes as maskrcnn-benchmark's COCO dataset makes them (xywh -> x2 = x + w - 1 in the
     original image, clipped to size - 1, boxes with x2 <= x1 dropped, then scaled); crowd boxes still dropped."""
-    import dataclasses
-
     model = dataclasses.replace(_model(), pixel_offset=1.0, flip_prob=0.0)
     parser = RCNNParser(model, max_boxes=4)
     normalised = tf.constant([[0.2, 0.1, 0.7, 0.4], [0.0, 0.5, 1.0, 1.0], [0.5, 0.5, 0.5 + 1 / 90, 0.6]])
@@ -119,11 +121,20 @@ def test_inclusive_pixel_boxes_of_maskrcnn_benchmark(records):
     np.testing.assert_allclose(continuous.numpy(), [[0.2 * 64, 0.1 * 96, 0.7 * 64, 0.4 * 96]], rtol=1e-5)
 
 
-def test_group_choice_counts_and_resume_skip_are_exact(records):
-    p, phi = 0.7, 0.3
-    choices = [int(group_choice(k, p, phi)) for k in range(50)]
-    for k in (0, 1, 7, 50):
-        assert groups_before(k, p, phi) == (sum(choices[:k]), k - sum(choices[:k]))
+@pytest.mark.parametrize("fractions", [[0.7, 0.3], [0.5, 0.3, 0.2], [0.1, 0.6, 0.05, 0.25]])
+def test_group_choice_counts_and_resume_skip_are_exact(records, fractions):
+    phi = 0.3
+    choices = [int(group_choice(k, fractions, phi)) for k in range(400)]
+    for k in (0, 1, 7, 50, 400):
+        assert groups_before(k, fractions, phi) == [choices[:k].count(g) for g in range(len(fractions))]
+    for g, p in enumerate(fractions):  # every group gets its share, within one batch per split level
+        assert abs(choices.count(g) - 400 * p) <= len(fractions)
+    if len(fractions) == 2:  # group 0 exactly where floor((k + 1) p + phi) > floor(k p + phi)
+        p = fractions[0]
+        assert choices == [0 if np.floor((k + 1) * p + phi) > np.floor(k * p + phi) else 1 for k in range(400)]
+
+
+def test_resume_skip_is_exact(records):
     parser = RCNNParser(_model(), max_boxes=4)
     kwargs = dict(batch_size=2, is_training=True, class_ids=CLASS_IDS, seed=3, shuffle_buffer=4)
     full = [(i.numpy(), l["boxes"].numpy()) for i, l in build_dataset(records, parser, **kwargs).take(9)]
@@ -132,3 +143,92 @@ def test_group_choice_counts_and_resume_skip_are_exact(records):
     for (a_img, a_box), (b_img, b_box) in zip(full[5:], resumed):
         np.testing.assert_array_equal(a_img, b_img)
         np.testing.assert_array_equal(a_box, b_box)
+
+
+def _brute_force_canvases(sizes, model, per_orientation):
+    """Every set of up to ``per_orientation`` cuts per orientation, tried: the pixel count each set leaves."""
+    import itertools
+    import math
+
+    short, full = (math.ceil(v / 32) * 32 for v in (model.min_size, model.max_size))
+    best = {}
+    for landscape in (True, False):
+        lengths = [math.ceil(max(h, w) / 32) * 32 for h, w in sizes if (h <= w) == landscape]
+        values = sorted({v for v in lengths if v < full})
+        costs = {}
+        for t in range(per_orientation + 1):
+            for cuts in itertools.combinations(values, t):
+                costs[cuts] = sum(min(c for c in cuts + (full,) if c >= v) for v in lengths)
+        best[landscape] = costs
+    return best
+
+
+def test_fitted_canvases_are_the_optimal_cuts():
+    """COCO's common sizes at 800 x 1333: the fitted cuts are what trying every cut set finds (no rounding-free
+    shortcut in the dynamic programme), and 4:3 pictures (800 x 1066) get an 800 x 1088 canvas."""
+    model = _model(**{"model.min_size": 800, "model.max_size": 1333})
+    rng = np.random.default_rng(0)
+    originals = ([(480, 640)] * 60 + [(640, 480)] * 20 + [(427, 640)] * 25 + [(375, 500)] * 10 + [(640, 427)] * 8
+                 + [(360, 640)] * 6 + [(500, 333)] * 4 + [(300, 1200)] * 2
+                 + [(int(rng.integers(200, 640)), int(rng.integers(200, 640))) for _ in range(40)])
+    sizes = [tuple(int(v) for v in resized_size(h, w, 800, 1333)) for h, w in originals]
+    for k in (1, 2, 3):
+        fitted = fit_canvases(sizes, model, k, min_saving=0.0)
+        brute = _brute_force_canvases(sizes, model, k)
+        for landscape in (True, False):
+            cuts = tuple(sorted(w if landscape else h for h, w in fitted if (h <= w) == landscape))
+            costs = brute[landscape]
+            assert len(cuts) == min(k, max(len(c) for c in costs))
+            assert costs[cuts] == min(c for s_, c in costs.items() if len(s_) == len(cuts))
+    fitted = fit_canvases(sizes, model, 1)
+    assert (800, 1088) in fitted and (1088, 800) in fitted
+    # a cut that saves under min_saving of the orientation's pixels is not added
+    assert fit_canvases([(800, 1333)] * 50 + [(800, 1300)], model, 2) == []
+
+
+def test_images_go_to_the_smallest_canvas_that_holds_them(records):
+    """With extra canvases 64 x 64 (squares and near-squares) and 64 x 80: evaluation pads each image to the
+    smallest canvas holding it, training batches hold one canvas each and resume exactly."""
+    model = _model(**{"model.canvases": [[64, 64], [64, 80]], "model.flip_prob": 0.0, "model.size_divisibility": 16})
+    assert model_canvases(dataclasses.replace(model, size_divisibility=32))[2:] == [(64, 64)]  # 64x80 -> 64x96: known
+    parser = RCNNParser(model, max_boxes=4)
+    assert parser.canvases == [(64, 96), (96, 64), (64, 64), (64, 80)] == model_canvases(model)
+
+    def expected(h, w):
+        nh, nw = (int(v) for v in resized_size(h, w, 64, 96))
+        return min(((ch, cw) for ch, cw in parser.canvases if nh <= ch and nw <= cw), key=lambda c: c[0] * c[1])
+
+    seen = set()
+    for images, labels in build_dataset(records, parser, batch_size=2, is_training=False, class_ids=CLASS_IDS):
+        for k in range(images.shape[0]):
+            h, w = (int(v) for v in labels["image_info"][k, 0].numpy())
+            assert tuple(images.shape[1:3]) == expected(h, w)
+            seen.add(tuple(images.shape[1:3]))
+    assert seen == set(parser.canvases)
+    kwargs = dict(batch_size=2, is_training=True, class_ids=CLASS_IDS, seed=5, shuffle_buffer=4)
+    full = [(i.numpy(), l["image_info"].numpy()) for i, l in build_dataset(records, parser, **kwargs).take(14)]
+    for images, info in full:
+        for k in range(2):
+            assert images.shape[1:3] == expected(*info[k, 0].astype(int))
+    assert {f[0].shape[1:3] for f in full} == set(parser.canvases)
+    resumed = [i.numpy() for i, _ in build_dataset(records, parser, skip_examples=9 * 2, **kwargs).take(5)]
+    for a, b in zip([f[0] for f in full[9:]], resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_portrait_picture_that_resizes_square_trains(tmp_path):
+    """91 x 90 at min_size 64 resizes to 64 x 64: a square image, so the landscape canvas; its group comes from
+    the resized size, the same rule that pads it, so its batch has the shape its stream declares."""
+    path = str(tmp_path / "sq-00000-of-00001.tfrecord")
+    img = np.zeros((91, 90, 3), np.uint8)
+    with tf.io.TFRecordWriter(path) as w:
+        for i in range(2):
+            w.write(encode_example(encoded=tf.io.encode_png(img).numpy(), image_format="png", height=91, width=90,
+                                   source_id=str(i), filename=f"{i}.png", xmin=[0.1], ymin=[0.2], xmax=[0.4],
+                                   ymax=[0.7], labels=[1], texts=["a"], is_crowd=[0], area=[1.0], difficult=[0],
+                                   truncated=[0]))
+    parser = RCNNParser(_model(), max_boxes=4)
+    images, labels = next(iter(build_dataset(path, parser, batch_size=2, is_training=True, class_ids=CLASS_IDS,
+                                             seed=0, shuffle_buffer=2)))
+    assert images.shape == (2, 64, 96, 3)
+    np.testing.assert_array_equal(labels["image_info"][0, 1].numpy(), [64, 64])

@@ -113,3 +113,32 @@ def test_faster_rcnn_refuses_to_train_on_a_cpu_without_op_determinism(tmp_path):
                                              r"RoIAlign's gradient"):
         run.train(cfg)
     assert not (tmp_path / "model" / "checkpoints").exists()  # refused before a step or a checkpoint
+
+
+def test_faster_rcnn_fits_canvases_to_its_training_images(tmp_path, capsys):
+    """A training run fills model.canvases from its images' sizes (4:3 pictures at 64/128 resize to 64 x 85: a
+    64 x 96 canvas instead of 64 x 128; squares 64 x 64), records them in config.json, trains and evaluates on every canvas (one
+    traced branch each), and a later evaluation from the model directory uses the recorded canvases."""
+    sizes = [(48, 64)] * 6 + [(64, 64)] * 2 + [(64, 128), (128, 64)]
+    pattern = write_records(tmp_path, sizes=sizes)
+    cfg = presets.preset("faster_rcnn_r50_fpn")
+    assert cfg.model.canvases == () and cfg.model.auto_canvases == 2
+    cfg.model.width_multiplier, cfg.model.min_size, cfg.model.max_size = 0.125, 64, 128
+    cfg.override("data", training_file_pattern=pattern, validation_file_pattern=pattern, class_ids=CLASS_IDS,
+                 class_names=CLASS_NAMES, num_train_images=len(sizes), shuffle_buffer=4)
+    cfg.override("train", train_batch_size=2, train_steps=4, steps_per_loop=1, log_every_steps=1,
+                 checkpoint_every_steps=4, precision="fp32")
+    cfg.override("eval", eval_batch_size=2)
+    cfg.override("runtime", model_dir=str(tmp_path / "model"))
+    run.resolve_data(cfg, "train_and_eval")
+    trained = run.train_and_eval(cfg)
+    out = capsys.readouterr().out
+    assert "Canvases fitted to 10 training images: [[64, 64], [64, 96]]" in out
+    shares = out.split("Training batches by canvas: ")[1].splitlines()[0]
+    assert shares == "64x128 10.0%, 128x64 10.0%, 64x64 20.0%, 64x96 60.0%"
+    saved = config_lib.load(str(tmp_path / "model"))
+    assert saved.model.canvases == ((64, 64), (64, 96))
+    assert trained["num_images"] == len(sizes)
+    again = run.evaluate(saved)
+    for key in STATS:
+        assert again[key] == pytest.approx(trained[key], abs=1e-12), key
