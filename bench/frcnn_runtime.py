@@ -68,7 +68,7 @@ def padding_cost(sizes, model, batch, seed=0):
     import collections
     import math
 
-    from ssd_tf.data.rcnn_parser import fit_canvases, model_canvases
+    from ssd_tf.data.rcnn_parser import fit_canvases, model_canvases, padded_pixels, smallest_canvas
 
     divisor = model.size_divisibility
 
@@ -78,9 +78,6 @@ def padding_cost(sizes, model, batch, seed=0):
     def resized(h, w):
         s = min(model.min_size / min(h, w), model.max_size / max(h, w))
         return int(math.floor(h * s)), int(math.floor(w * s))
-
-    def smallest(canvases, h, w):
-        return min((c for c in canvases if h <= c[0] and w <= c[1]), key=lambda c: c[0] * c[1])
 
     images = [resized(h, w) for h, w in sizes]
     canvas = {True: (ceil(model.min_size), ceil(model.max_size)), False: (ceil(model.max_size), ceil(model.min_size))}
@@ -100,8 +97,8 @@ def padding_cost(sizes, model, batch, seed=0):
             fixed += canvas[landscape][0] * canvas[landscape][1] * len(members)
             valid += sum(h * w for h, w in members)
     for h, w in images:
-        on_fitted[smallest(all_canvases, h, w)] += 1
-    fitted_pixels = sum(c[0] * c[1] * n for c, n in on_fitted.items())
+        on_fitted[smallest_canvas(h, w, all_canvases)] += 1
+    fitted_pixels = padded_pixels(images, all_canvases)
     n = len(sizes)
     return {"images": n, "canvases": [list(canvas[True]), list(canvas[False])],
             "fitted_canvases": [list(c) for c in fitted],

@@ -96,6 +96,12 @@ def record_size(serialized):
     return tf.cond((h > 0) & (w > 0), lambda: (h, w), from_image)
 
 
+def record_resized_size(serialized, model):
+    """(height, width) int32 a serialized example has once resized by ``model``'s rule (``record_size``)."""
+    height, width = record_size(serialized)
+    return resized_size(height, width, model.min_size, model.max_size, model.resize_rounding)
+
+
 def model_canvases(model) -> list:
     """The padding canvases [(height, width), ...] of a ``FasterRCNNModelConfig``: the landscape and portrait
     orientation canvases (groups ``LANDSCAPE`` and ``PORTRAIT``), then its extra ``canvases``; every side rounded
@@ -121,6 +127,16 @@ def canvas_group(height, width, canvases, allowed=None) -> tf.Tensor:
     return tf.where(tf.reduce_any(fits), tf.argmin(area, output_type=tf.int64), tf.constant(-1, tf.int64))
 
 
+def smallest_canvas(height: int, width: int, canvases):
+    """``canvas_group`` in Python: the smallest of ``canvases`` holding a ``height`` x ``width`` image (None if none)."""
+    return min((c for c in canvases if height <= c[0] and width <= c[1]), key=lambda c: c[0] * c[1], default=None)
+
+
+def padded_pixels(sizes, canvases) -> int:
+    """Pixels of images of resized ``sizes`` [(h, w), ...], each padded to its ``smallest_canvas``."""
+    return sum(c[0] * c[1] for c in (smallest_canvas(h, w, canvases) for h, w in sizes) if c is not None)
+
+
 def fit_canvases(sizes, model, per_orientation: int, min_saving: float = 0.02) -> list:
     """Extra canvases for images of resized ``sizes`` [(h, w), ...] (``resized_size``), up to ``per_orientation``
     per orientation: each canvas keeps the orientation canvas's short side and cuts its long side to the padded
@@ -137,7 +153,7 @@ def fit_canvases(sizes, model, per_orientation: int, min_saving: float = 0.02) -
         values = sorted(set(v for v in lengths if v < full))
         count = {v: lengths.count(v) for v in values}
         base = len(lengths) * full  # every image on the orientation canvas (in units of short-side rows)
-        best = {(): base}
+        best = [((), base)]  # the optimum with 0, 1, 2, ... cuts
         # cost(cuts) = sum over images of the smallest cut (or full) >= its length; f[t][j]: images up to
         # values[j] with t cuts, the last at values[j]; plus the rest on the full canvas.
         n = len(values)
@@ -163,9 +179,9 @@ def fit_canvases(sizes, model, per_orientation: int, min_saving: float = 0.02) -
             while j is not None:
                 cuts.append(values[j])
                 j, k = prev[k][j], k - 1
-            best[tuple(sorted(cuts))] = cost
-        chosen, cost = (), base
-        for cuts, c in sorted(best.items(), key=lambda item: len(item[0]))[1:]:
+            best.append((tuple(sorted(cuts)), cost))
+        chosen, cost = best[0]
+        for cuts, c in best[1:]:
             if cost - c < min_saving * base:
                 break
             chosen, cost = cuts, c
@@ -249,9 +265,7 @@ class RCNNParser:
     def group(self, serialized, allowed=None):
         """The canvas (group) index of a serialized example among the ``allowed`` canvases (default all; -1 when
         none holds it), from its stated size, without decoding the pixels."""
-        height, width = record_size(serialized)
-        m = self.model
-        new_h, new_w = resized_size(height, width, m.min_size, m.max_size, m.resize_rounding)
+        new_h, new_w = record_resized_size(serialized, self.model)
         return canvas_group(new_h, new_w, self.canvases, allowed)
 
     def batch(self, dataset, batch_size, is_training):

@@ -223,10 +223,10 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
     if grouped:
         counts = np.bincount(np.asarray(sample_map(files, parser.group), np.int64) + 1,
                              minlength=parser.num_groups + 1)[1:]
-        active = [g for g in range(parser.num_groups) if counts[g] > 0]
+        allowed = [bool(c) for c in counts]  # canvases with images in the sample: one stream each
+        active = [g for g, a in enumerate(allowed) if a]
         if not active:
             raise ValueError(f"{file_pattern}: none of the first {GROUP_SAMPLE} training records fits a canvas")
-        allowed = [bool(counts[g]) for g in range(parser.num_groups)]
         fractions = [float(counts[g]) / float(counts.sum()) for g in active]
         phi = (seed % 9973) / 9973.0
         skip_batches = int(skip_examples) // batch_size

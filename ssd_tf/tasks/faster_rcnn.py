@@ -28,21 +28,16 @@ class FasterRCNNTask(Task):
         the first ``reader.GROUP_SAMPLE`` training images, so fewer pixels are padding (torchvision pads each batch
         to its largest image; static shapes need a fixed set). The run's config.json records them, so a resumed run,
         its evaluation and its export use the same canvases."""
-        from ssd_tf.data.rcnn_parser import fit_canvases, model_canvases, record_size, resized_size
+        from ssd_tf.data.rcnn_parser import fit_canvases, model_canvases, padded_pixels, record_resized_size
         from ssd_tf.data.reader import sample_map
 
         m = self.cfg.model
         if m.canvases or not m.auto_canvases:
             return
-
-        def size(serialized):
-            h, w = record_size(serialized)
-            return resized_size(h, w, m.min_size, m.max_size, m.resize_rounding)
-
-        sizes = [(int(h), int(w)) for h, w in sample_map(files, size)]
+        sizes = [(int(h), int(w)) for h, w in sample_map(files, lambda s: record_resized_size(s, m))]
         m.canvases = tuple(fit_canvases(sizes, m, m.auto_canvases))
-        padded = _padded_pixels(sizes, model_canvases(m))
-        alone = _padded_pixels(sizes, model_canvases(dataclasses.replace(m, canvases=())))
+        padded = padded_pixels(sizes, model_canvases(m))
+        alone = padded_pixels(sizes, model_canvases(dataclasses.replace(m, canvases=())))
         log(f"Canvases fitted to {len(sizes)} training images: {[list(c) for c in m.canvases] or 'none added'} "
             f"besides the orientation canvases ({padded / max(alone, 1):.0%} of their pixels)")
 
@@ -90,10 +85,3 @@ class FasterRCNNTask(Task):
 
         return self._on_canvas(images, detections)
 
-
-def _padded_pixels(sizes, canvases) -> int:
-    """Pixels of images of resized ``sizes`` each padded to the smallest of ``canvases`` that holds it."""
-    total = 0
-    for h, w in sizes:
-        total += min((ch * cw for ch, cw in canvases if h <= ch and w <= cw), default=0)
-    return total
