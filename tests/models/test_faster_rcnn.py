@@ -136,7 +136,7 @@ def test_losses_are_seeded_and_an_image_without_boxes_has_zero_box_losses(tiny_m
     assert np.isfinite(empty["roi_classification_loss"]) and empty["roi_classification_loss"] > 0
 
 
-def test_one_training_step_lowers_the_loss():
+def test_one_training_step_lowers_the_loss(op_determinism):
     keras.utils.set_random_seed(1)
     model = _build()
     images = _images(seed=2)

@@ -93,7 +93,7 @@ def test_predict_gives_detections_in_original_pixels(harness):
         assert ((dets["scores"][i, :n] >= 0) & (dets["scores"][i, :n] <= 1)).all()
 
 
-def test_one_training_step_lowers_the_loss(harness):
+def test_one_training_step_lowers_the_loss(harness, op_determinism):
     cfg, task, model = harness
     images, labels = next(iter(task.build_train_dataset(None, 0)))
     optimizer = keras.optimizers.SGD(learning_rate=task.harness_learning_rate, momentum=0.0)

@@ -163,7 +163,7 @@ def test_gather_gradient_matches_finite_differences_float64():
 
 
 @pytest.mark.parametrize("method", RA.METHODS)
-def test_gradient_is_the_adjoint(method):
+def test_gradient_is_the_adjoint(method, op_determinism):
     # The op is linear in the features: <grad of <g, op(F)>, F> == <g, op(F)> for any upstream g.
     rng = np.random.default_rng(6)
     features = [tf.constant(f) for f in _fpn_features(rng, 2, (256, 320), 5)]
@@ -179,22 +179,7 @@ def test_gradient_is_the_adjoint(method):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("method", RA.METHODS)
-def test_gradient_equals_torchvision_autograd(method):
-    """With op determinism on, as the Faster R-CNN presets train (``train.deterministic_ops``): TensorFlow's CPU
-    CropAndResizeGradImage shards the boxes over threads that add into the same image gradient without
-    synchronisation unless op determinism is on, and on a loaded machine lost updates showed as a max diff of 1.1."""
-    from tensorflow.python.framework import config as tf_config
-
-    was_on = tf_config.is_op_determinism_enabled()
-    tf_config.enable_op_determinism()
-    try:
-        _gradient_equals_torchvision_autograd(method)
-    finally:
-        if not was_on:
-            tf_config.disable_op_determinism()
-
-
-def _gradient_equals_torchvision_autograd(method):
+def test_gradient_equals_torchvision_autograd(method, op_determinism):
     torch = _torch()
     rng = np.random.default_rng(7)
     image_size = (320, 480)
