@@ -414,6 +414,7 @@ def load_backbone_weights(model, path: str, cfg: Optional[Config] = None, log=_p
     if not os.path.exists(path):
         raise UsageError(f"--backbone_checkpoint={path} does not exist")
     import re
+    import warnings
 
     import numpy as np
 
@@ -422,7 +423,11 @@ def load_backbone_weights(model, path: str, cfg: Optional[Config] = None, log=_p
     for w, value in zip(model.weights, initial):
         w.assign(np.full_like(value, np.nan))
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings():
+            # Keras says layers "will retain their freshly-initialized weights" for containers it skipped after
+            # the first mismatch; the NaN check below knows exactly which weights were not filled, and says so.
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            model.load_weights(path)
         return
     except ValueError as e:
         if "could not be loaded" not in str(e):
