@@ -414,20 +414,17 @@ def load_backbone_weights(model, path: str, cfg: Optional[Config] = None, log=_p
     if not os.path.exists(path):
         raise UsageError(f"--backbone_checkpoint={path} does not exist")
     import re
-    import warnings
 
     import numpy as np
+
+    from ssd_tf.models.factory import load_weights_file
 
     # Every weight starts as NaN so that the ones the file cannot fill are known exactly afterwards.
     initial = [np.array(w.numpy(), copy=True) for w in model.weights]
     for w, value in zip(model.weights, initial):
         w.assign(np.full_like(value, np.nan))
     try:
-        with warnings.catch_warnings():
-            # Keras says layers "will retain their freshly-initialized weights" for containers it skipped after
-            # the first mismatch; the NaN check below knows exactly which weights were not filled, and says so.
-            warnings.filterwarnings("ignore", message="Skipping nested container")
-            model.load_weights(path)
+        load_weights_file(model, path)  # the NaN check below knows exactly which weights were not filled
         return
     except ValueError as e:
         if "could not be loaded" not in str(e):
@@ -577,11 +574,12 @@ def restore_model(cfg: Config, model, path: str) -> int:
     such as the converter's (step 0)."""
     import tensorflow as tf
 
+    from ssd_tf.models.factory import load_weights_file
     from ssd_tf.training.checkpoints import is_weights_file
 
     if is_weights_file(path):
         try:
-            model.load_weights(path)
+            load_weights_file(model, path)
         except (ValueError, OSError) as e:
             raise UsageError(f"--checkpoint={path} does not fit a {cfg.model.name} model with "
                              f"{cfg.model.num_classes} classes: {str(e).splitlines()[0][:300]}") from None

@@ -5,6 +5,8 @@ A family plugs in with one builder here (its network from its config value); pre
 """
 from __future__ import annotations
 
+import warnings
+
 
 def _builders() -> dict:
     from ssd_tf.models import ssd
@@ -27,8 +29,20 @@ def build_from_config(model_config, weights=None):
         raise ValueError(f"no model builder for family {family!r}; known: {sorted(builders)}")
     model = builders[family](model_config)
     if weights is not None:
-        model.load_weights(weights)
+        load_weights_file(model, weights)
     return model
+
+
+def load_weights_file(model, path) -> None:
+    """``model.load_weights(path)`` for a ``.weights.h5`` file. When the file does not fit, Keras warns, once per
+    layer container it skipped after the first mismatch, that those layers "will retain their freshly-initialized
+    weights", then raises: a fitting file's weights are all loaded, so only the error is kept (callers turn it into
+    one line naming the file). Warnings of a load that succeeds are passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def build_model(name, num_classes=None, *, weights=None, **options):
