@@ -286,6 +286,12 @@ class RCNNParser:
     def group_label(self, group) -> str:
         return "x".join(map(str, self.canvases[group]))
 
+    def unheld_groups(self, allowed) -> list:
+        """The canvases without a stream (``allowed`` False) that no allowed canvas holds: images that need one of
+        them (at least its largest) have no stream and are left out of training."""
+        held = [c for c, a in zip(self.canvases, allowed) if a]
+        return [g for g, c in enumerate(self.canvases) if not allowed[g] and smallest_canvas(*c, held) is None]
+
     def fix_shape(self, images, group):
         """The static canvas of a training batch of ``group``."""
         h, w = self.canvases[group]

@@ -186,7 +186,9 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
 
     A parser with ``num_groups`` and a ``group(serialized, allowed) -> index | -1`` method gets single-group
     training batches from one stream per group (see ``group_choice``; R-CNN's canvases), and its
-    ``fix_shape(images, group)`` gives each stream's batches their static shape.
+    ``fix_shape(images, group)`` gives each stream's batches their static shape. The groups are those of the
+    first ``GROUP_SAMPLE`` records; ``log`` hears each group's share and, from ``unheld_groups(allowed)``, which
+    groups no sampled group can stand in for (their later images are left out).
     """
     _validate(batch_size, class_ids, shuffle_buffer)
     files = list_files(file_pattern)
@@ -234,6 +236,11 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
         if log is not None:
             shares = ", ".join(f"{parser.group_label(g)} {p:.1%}" for g, p in zip(active, fractions))
             log(f"Training batches by canvas: {shares}")
+            unheld = [parser.group_label(g) for g in parser.unheld_groups(allowed)]
+            if unheld:
+                log(f"WARNING: none of the first {int(counts.sum())} training records needs canvas "
+                    f"{', '.join(unheld)}: the streams come from those records' sizes, so later images that need "
+                    f"it are left out of training")
         streams = []
         for g, skip in zip(active, before):
             ds = records(seed + 7919 * g).filter(

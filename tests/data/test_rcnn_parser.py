@@ -228,7 +228,20 @@ def test_a_portrait_picture_that_resizes_square_trains(tmp_path):
                                    ymax=[0.7], labels=[1], texts=["a"], is_crowd=[0], area=[1.0], difficult=[0],
                                    truncated=[0]))
     parser = RCNNParser(_model(), max_boxes=4)
+    lines = []
     images, labels = next(iter(build_dataset(path, parser, batch_size=2, is_training=True, class_ids=CLASS_IDS,
-                                             seed=0, shuffle_buffer=2)))
+                                             seed=0, shuffle_buffer=2, log=lines.append)))
     assert images.shape == (2, 64, 96, 3)
+    # No portrait image in the sample: the portrait canvas has no stream, and the run says what that means.
+    assert lines == ["Training batches by canvas: 64x96 100.0%",
+                     "WARNING: none of the first 2 training records needs canvas 96x64: the streams come from those "
+                     "records' sizes, so later images that need it are left out of training"]
     np.testing.assert_array_equal(labels["image_info"][0, 1].numpy(), [64, 64])
+
+
+def test_only_canvases_no_stream_can_stand_in_for_are_unheld():
+    parser = RCNNParser(_model(**{"model.canvases": [[64, 64], [64, 80]], "model.size_divisibility": 16}), max_boxes=4)
+    assert parser.canvases == [(64, 96), (96, 64), (64, 64), (64, 80)]
+    assert parser.unheld_groups([True, True, False, False]) == []  # the orientation canvases hold every image
+    assert parser.unheld_groups([False, True, True, True]) == [0]  # 64x96 images are wider than 64x80
+    assert parser.unheld_groups([True, False, False, True]) == [1]  # portrait images: nothing holds them
