@@ -223,7 +223,7 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
 
     grouped = is_training and hasattr(parser, "group")
     if grouped:
-        counts = np.bincount(np.asarray(sample_map(files, parser.group), np.int64) + 1,
+        counts = np.bincount(np.asarray(sample_map(files, parser.group, GROUP_SAMPLE), np.int64) + 1,
                              minlength=parser.num_groups + 1)[1:]
         allowed = [bool(c) for c in counts]  # canvases with images in the sample: one stream each
         active = [g for g, a in enumerate(allowed) if a]
@@ -237,7 +237,7 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
             shares = ", ".join(f"{parser.group_label(g)} {p:.1%}" for g, p in zip(active, fractions))
             log(f"Training batches by canvas: {shares}")
             unheld = [parser.group_label(g) for g in parser.unheld_groups(allowed)]
-            if unheld:
+            if unheld and counts.sum() >= GROUP_SAMPLE:  # (a smaller sample read every record)
                 log(f"WARNING: none of the first {int(counts.sum())} training records needs canvas "
                     f"{', '.join(unheld)}: the streams come from those records' sizes, so later images that need "
                     f"it are left out of training")

@@ -228,14 +228,9 @@ def test_a_portrait_picture_that_resizes_square_trains(tmp_path):
                                    ymax=[0.7], labels=[1], texts=["a"], is_crowd=[0], area=[1.0], difficult=[0],
                                    truncated=[0]))
     parser = RCNNParser(_model(), max_boxes=4)
-    lines = []
     images, labels = next(iter(build_dataset(path, parser, batch_size=2, is_training=True, class_ids=CLASS_IDS,
-                                             seed=0, shuffle_buffer=2, log=lines.append)))
+                                             seed=0, shuffle_buffer=2)))
     assert images.shape == (2, 64, 96, 3)
-    # No portrait image in the sample: the portrait canvas has no stream, and the run says what that means.
-    assert lines == ["Training batches by canvas: 64x96 100.0%",
-                     "WARNING: none of the first 2 training records needs canvas 96x64: the streams come from those "
-                     "records' sizes, so later images that need it are left out of training"]
     np.testing.assert_array_equal(labels["image_info"][0, 1].numpy(), [64, 64])
 
 
@@ -245,3 +240,35 @@ def test_only_canvases_no_stream_can_stand_in_for_are_unheld():
     assert parser.unheld_groups([True, True, False, False]) == []  # the orientation canvases hold every image
     assert parser.unheld_groups([False, True, True, True]) == [0]  # 64x96 images are wider than 64x80
     assert parser.unheld_groups([True, False, False, True]) == [1]  # portrait images: nothing holds them
+
+
+def test_a_canvas_the_sample_missed_is_named_when_its_images_are_left_out(tmp_path, monkeypatch):
+    """The streams come from the first GROUP_SAMPLE records: with only landscape pictures among them, a later
+    portrait picture has no stream. Training goes on without it, and says so; a sample that read every record
+    (the dataset is smaller than GROUP_SAMPLE) has nothing to warn about."""
+    from ssd_tf.data import reader
+
+    path = str(tmp_path / "o-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for i, (h, wd) in enumerate([(60, 90), (60, 90), (90, 60)]):
+            w.write(encode_example(encoded=tf.io.encode_png(np.zeros((h, wd, 3), np.uint8)).numpy(),
+                                   image_format="png", height=h, width=wd, source_id=str(i), filename=f"{i}.png",
+                                   xmin=[0.1], ymin=[0.2], xmax=[0.4], ymax=[0.7], labels=[1], texts=["a"],
+                                   is_crowd=[0], area=[1.0], difficult=[0], truncated=[0]))
+    parser = RCNNParser(_model(), max_boxes=4)
+
+    def first_batches(sample):
+        monkeypatch.setattr(reader, "GROUP_SAMPLE", sample)
+        lines = []
+        ds = build_dataset(path, parser, batch_size=1, is_training=True, class_ids=CLASS_IDS, seed=0,
+                           shuffle_buffer=3, log=lines.append)
+        return lines, [labels["image_info"][0, 0].numpy().tolist() for _, labels in ds.take(12)]
+
+    lines, sizes = first_batches(2)
+    assert lines == ["Training batches by canvas: 64x96 100.0%",
+                     "WARNING: none of the first 2 training records needs canvas 96x64: the streams come from those "
+                     "records' sizes, so later images that need it are left out of training"]
+    assert [90, 60] not in sizes and sizes.count([60, 90]) == 12
+    lines, sizes = first_batches(2000)
+    assert lines == ["Training batches by canvas: 64x96 66.7%, 96x64 33.3%"]
+    assert sizes.count([90, 60]) == 4
