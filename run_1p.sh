@@ -76,7 +76,9 @@ python "$ROOT/ssd_main.py" --mode=train_and_eval --model="$DEMO_MODEL" \
   --model_dir="$MODEL_DIR" --eval_every_epochs=0 "${MODEL_FLAGS[@]}" "$@"
 
 # What the trained model finds: boxes, class names and scores drawn on a few validation pictures.
-PICTURES="$(ls "$WORK/shapes/val/"*.jpg | head -n "${DEMO_PREDICT_IMAGES:-8}" | paste -sd, -)"
+# (a glob, not `ls | head`: head leaving early kills ls with SIGPIPE, which pipefail makes the demo's exit status)
+VAL_PICTURES=("$WORK/shapes/val/"*.jpg)
+PICTURES="$(IFS=,; echo "${VAL_PICTURES[*]:0:${DEMO_PREDICT_IMAGES:-8}}")"
 python "$ROOT/ssd_main.py" --mode=predict --model_dir="$MODEL_DIR" --input_pattern="$PICTURES" \
   --output_dir="$MODEL_DIR/predictions"
 PLOTS="$(ls -d "$MODEL_DIR/eval_plots/step_"* 2>/dev/null | sort -t_ -k3 -n | tail -n 1)"
