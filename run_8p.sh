@@ -88,7 +88,8 @@ EOF
 )" || exit 2
 
 if [ "$ACCELERATOR" = auto ]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then ACCELERATOR=gpu
+  # grep reads all of nvidia-smi's list (grep -q may leave early, and pipefail would count nvidia-smi's SIGPIPE)
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep '^GPU' >/dev/null; then ACCELERATOR=gpu
   elif [ -e /dev/davinci0 ]; then ACCELERATOR=npu
   else ACCELERATOR=cpu; fi
 fi
