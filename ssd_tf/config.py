@@ -7,7 +7,8 @@
 * ``config.json`` in the model directory is the whole tree as trained (``version`` 2). Loading it never consults
   today's presets, so a model directory describes itself. A version-1 file (written before presets became
   values: the model section held only name, width and class count) is read by rebuilding its preset and
-  applying what the file recorded.
+  applying what the file recorded. A version-2 file without a field its family's model config added later gets
+  the value that reproduces how it trained (the config class's ``fields_added_later``), not today's default.
 * A run's config is built as: preset (or ``--config_file``, a saved ``config.json`` or a hand-written JSON/YAML
   subset) -> flag overrides (``set_value`` with dotted paths such as ``model.postprocess.score_threshold``).
 """
@@ -459,9 +460,19 @@ def load(model_dir: str) -> Config:
     try:
         if d.get("version", 1) == 1:
             return from_v1(d)
-        return from_dict(d)
+        return from_dict(_with_fields_added_later(d))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _with_fields_added_later(d: dict) -> dict:
+    """A saved model section without a field its family's config added later (``fields_added_later``) gets the
+    value that reproduces how it was trained, not today's default (e.g. a Faster R-CNN run from before fitted
+    canvases resumes on its two orientation canvases, so its data order and resume stay exact)."""
+    model = d.get("model")
+    cls = _families().get(model.get("family")) if isinstance(model, dict) else None
+    added = {k: v for k, v in getattr(cls, "fields_added_later", {}).items() if k not in model}
+    return {**d, "model": {**model, **added}} if added else d
 
 
 # Version-1 fields that moved into the model config (or were renamed).

@@ -1,5 +1,6 @@
 """Config trees: presets as complete values, config.json round trips (and version-1 files), dotted overrides,
 config files, and ssd_main's flags -> config (run without TensorFlow)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -52,6 +53,23 @@ def test_version_1_config_json_still_loads(tmp_path):
     assert m.anchors.clip == "wh" and m.postprocess.max_candidates_per_class == 400  # the preset's values
     assert cfg.train.backbone_checkpoint == "/w/backbone.weights.h5" and cfg.train.train_steps == 8
     assert cfg.data.class_names == ["a", "b", "c", "d"] and cfg.data.shuffle_buffer == 64
+
+
+def test_a_saved_config_without_a_field_added_later_loads_as_it_trained(tmp_path):
+    """A Faster R-CNN model directory from before fitted canvases (no model.canvases / auto_canvases in its
+    config.json) trained on the two orientation canvases: resumed, it keeps them (auto_canvases 0), so its
+    data order stays the one it started with; a file that has the fields keeps its values."""
+    cfg = presets.preset("faster_rcnn_r50_fpn")
+    config_lib.save(cfg, str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["auto_canvases"] == 2
+    assert config_lib.load(str(tmp_path)).model.auto_canvases == 2
+    for key in ("canvases", "auto_canvases"):
+        del saved["model"][key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = config_lib.load(str(tmp_path))
+    assert (old.model.canvases, old.model.auto_canvases) == ((), 0)
+    assert old == dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, auto_canvases=0))
 
 
 def test_unknown_fields_and_bad_values_are_named():

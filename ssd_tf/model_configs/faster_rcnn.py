@@ -98,6 +98,9 @@ class FasterRCNNModelConfig:
                                             "roi.pool_size", "roi.representation_size")
     # Weights (by path) whose shape follows the class count: a fine-tuning run on other classes re-initialises them.
     classifier_layers: ClassVar[tuple] = (r"cls_score/", r"bbox_pred/")
+    # Fields added after config.json files of this family were first written, with the value that reproduces what
+    # a file without them trained with (``config.load``): such a run had the two orientation canvases alone.
+    fields_added_later: ClassVar[dict] = {"auto_canvases": 0}
 
     family: str = "faster_rcnn"
     name: str = ""  # the preset this config was made from (informational)
