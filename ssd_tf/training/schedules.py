@@ -112,8 +112,10 @@ class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"base_lr must be >= 0, got {base_lr!r}")
         self.base_lr = float(base_lr)
         boundaries = [_check_nonneg_int(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
-        if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
-            raise ValueError(f"boundaries must be strictly increasing, got {boundaries}")
+        # A repeated boundary drops the rate by gamma once per repeat, as torch's MultiStepLR (and so torchvision's
+        # recipes) count milestones; it happens when fractional boundaries of a short run round to one step.
+        if any(b1 > b2 for b1, b2 in zip(boundaries, boundaries[1:])):
+            raise ValueError(f"boundaries must be non-decreasing, got {boundaries}")
         self.boundaries = boundaries
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")

@@ -78,6 +78,33 @@ def test_warmup_multistep_closed_form(kw):
     assert at == pytest.approx(before * kw["gamma"], rel=1e-6)
 
 
+@pytest.mark.torch
+def test_a_repeated_boundary_drops_twice_as_torch_multisteplr_does():
+    """Fractional boundaries of a short run can round to one step (the Faster R-CNN recipe's 16/26 and 22/26 of
+    one step are both 1); torch's MultiStepLR counts a repeated milestone once per repeat."""
+    torch = pytest.importorskip("torch")
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.02)
+    ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3, 3, 5], gamma=0.1)
+    ours = WarmupMultiStep(0.02, [3, 3, 5], gamma=0.1)
+    for step in range(8):
+        assert float(ours(step)) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6), step
+        opt.step()
+        ref.step()
+
+
+def test_a_one_step_run_of_every_preset_has_a_schedule():
+    from ssd_tf import presets, run
+
+    for name in presets.PRESETS:
+        cfg = presets.preset(name)
+        cfg.data.num_train_images = 8
+        for steps in (1, 2, 3):
+            cfg.train.train_steps = steps
+            schedule = run.make_schedule(cfg, cfg.train.train_batch_size, run.total_steps(cfg, cfg.train.train_batch_size))
+            assert np.isfinite(float(schedule(0))) and float(schedule(steps - 1)) >= 0, (name, steps)
+
+
 def test_schedules_accept_int32_float_python_and_variable_steps():
     sched = WarmupMultiStep(0.1, [10], warmup_steps=4)
     for step in (3, 3.0, tf.constant(3, tf.int32), tf.constant(3.0), tf.Variable(3, dtype=tf.int64)):
@@ -122,8 +149,8 @@ def test_schedule_argument_validation():
         WarmupCosine(0.1, total_steps=10, alpha=1.5)
     with pytest.raises(ValueError, match="warmup_steps"):
         WarmupCosine(0.1, total_steps=10, warmup_steps=-1)
-    with pytest.raises(ValueError, match="strictly increasing"):
-        WarmupMultiStep(0.1, [10, 10])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        WarmupMultiStep(0.1, [10, 9])
     with pytest.raises(ValueError, match=r"boundaries\[1\]"):
         WarmupMultiStep(0.1, [10, 2.5])
     with pytest.raises(ValueError, match="gamma"):
