@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
-from absl import flags
+# As run_1p.sh / run_8p.sh set it: TensorFlow's C++ warnings (e.g. a grappler cost-estimator line for every
+# RoIAlign op of a Faster R-CNN graph) drown the run's own log; TF_CPP_MIN_LOG_LEVEL=0 shows them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from flags import definitions
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from flags import definitions  # noqa: E402
 
 definitions.define_all()
 FLAGS = flags.FLAGS
