@@ -447,6 +447,20 @@ def load_backbone_weights(model, path: str, cfg: Optional[Config] = None, log=_p
         f"class count there and start from their initialisation; every other weight was loaded")
 
 
+def _warn_frozen_at_random(cfg: Config, model, log) -> None:
+    """A run without ``--backbone_checkpoint`` whose model keeps weights frozen (frozen layers, frozen BatchNorm:
+    settings made for a pretrained backbone) would train around random constants; such a run tends to diverge, and
+    its divergence message cannot tell why, so the start of the run says it."""
+    import re
+
+    frozen = [w.path for w in model.non_trainable_weights if not re.search(r"moving_(mean|variance)$", w.path)]
+    if frozen:
+        hint = getattr(type(cfg.model), "from_scratch_flags", "")
+        log(f"WARNING: no --backbone_checkpoint, so {len(frozen)} frozen weights (such as {', '.join(frozen[:3])}; "
+            f"frozen layers and BatchNorm are meant for a pretrained backbone) keep their random initialisation. "
+            f"Pass --backbone_checkpoint" + (f", or train every weight from scratch with {hint}" if hint else ""))
+
+
 def _dump_weights(model, strategy) -> None:
     """Debug aid (tests of multi-worker runs): SSD_TF_DUMP_WEIGHTS=path.npz, "{rank}" in it -> the worker index;
     every process writes all its model weights (trainable and BN moving statistics) by variable path."""
@@ -503,6 +517,8 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
                 f"-> {lr_boundary_steps(cfg, global_batch, steps)} at global batch {global_batch}; warmup_steps "
                 f"unchanged")
         log("Config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+        if not t.backbone_checkpoint and int(trainer.global_step.numpy()) == 0:
+            _warn_frozen_at_random(cfg, trainer.model, log)
 
     def evaluate_fn(step):
         return record_evaluation(cfg, task, trainer.model, step, trainer.manager.latest_checkpoint or "", log=log)

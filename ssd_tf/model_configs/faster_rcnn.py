@@ -101,6 +101,8 @@ class FasterRCNNModelConfig:
     # Fields added after config.json files of this family were first written, with the value that reproduces what
     # a file without them trained with (``config.load``): such a run had the two orientation canvases alone.
     fields_added_later: ClassVar[dict] = {"auto_canvases": 0}
+    # What makes every weight trainable when no pretrained backbone is given (torchvision's choice then).
+    from_scratch_flags: ClassVar[str] = "--params_override=model.backbone.norm=batch --trainable_backbone_layers=5"
 
     family: str = "faster_rcnn"
     name: str = ""  # the preset this config was made from (informational)

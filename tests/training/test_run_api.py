@@ -139,6 +139,9 @@ def test_faster_rcnn_fits_canvases_to_its_training_images(tmp_path, capsys):
     trained = run.train_and_eval(cfg)
     out = capsys.readouterr().out
     assert "Canvases fitted to 10 training images: [[64, 64], [64, 96]]" in out
+    # The preset's frozen BatchNorm and stem, with no backbone given: the run says they stay random, and how not to.
+    assert "WARNING: no --backbone_checkpoint, so 117 frozen weights (such as conv1/kernel, bn1/gamma" in out
+    assert "--params_override=model.backbone.norm=batch --trainable_backbone_layers=5" in out
     shares = out.split("Training batches by canvas: ")[1].splitlines()[0]
     assert shares == "64x128 10.0%, 128x64 10.0%, 64x64 20.0%, 64x96 60.0%"
     saved = config_lib.load(str(tmp_path / "model"))
@@ -147,3 +150,20 @@ def test_faster_rcnn_fits_canvases_to_its_training_images(tmp_path, capsys):
     again = run.evaluate(saved)
     for key in STATS:
         assert again[key] == pytest.approx(trained[key], abs=1e-12), key
+
+
+def test_only_frozen_weights_without_a_backbone_are_warned_about():
+    import ssd_tf
+
+    from ssd_tf.models.factory import build_from_config
+
+    for name, warned in [("ssd_resnet34", False), ("ssd_vgg16", False), ("faster_rcnn_r50_fpn", True)]:
+        lines = []
+        run._warn_frozen_at_random(presets.preset(name), ssd_tf.build_model(name, width_multiplier=0.125), lines.append)
+        assert bool(lines) == warned, (name, lines)
+    cfg = presets.preset("faster_rcnn_r50_fpn")
+    cfg.model.backbone.norm, cfg.model.backbone.trainable_layers = "batch", 5  # the from-scratch settings
+    cfg.model.width_multiplier = 0.125
+    lines = []
+    run._warn_frozen_at_random(cfg, build_from_config(cfg.model), lines.append)
+    assert lines == []
