@@ -107,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"train.warmup_steps must be >= 0 (or -1: use warmup_epochs), got {self.warmup_steps}")
         if any(not b > 0 for b in self.lr_boundaries):
             raise ValueError(f"train.lr_boundaries must be positive (fractions < 1 or steps), got {self.lr_boundaries}")
+        if any(b1 > b2 for b1, b2 in zip(self.lr_boundaries, self.lr_boundaries[1:]) if (b1 < 1) == (b2 < 1)):
+            raise ValueError(f"train.lr_boundaries must be in increasing order, got {self.lr_boundaries}")
 
 
 @dataclasses.dataclass

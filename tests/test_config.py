@@ -88,6 +88,12 @@ def test_unknown_fields_and_bad_values_are_named():
         config_lib.model_from_dict({"family": "yolo"})
     with pytest.raises(config_lib.ConfigError, match="cannot be changed"):
         config_lib.set_value(cfg, "model.family", "faster_rcnn")
+    config_lib.set_value(cfg, "train.lr_boundaries", [0.9, 0.5])
+    with pytest.raises(config_lib.ConfigError, match=r"lr_boundaries must be in increasing order, got \[0.9, 0.5\]"):
+        config_lib.validate(cfg)
+    for fine in ([0.5, 0.5], [0.6, 0.8], [0.9, 100, 200]):  # a repeat drops twice; fractions and steps don't compare
+        config_lib.set_value(cfg, "train.lr_boundaries", fine)
+        config_lib.validate(cfg)
 
 
 def test_frozen_parts_are_replaced_and_validated():
