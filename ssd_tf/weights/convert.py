@@ -104,7 +104,8 @@ def model_config_for(source, model_name=None, num_classes=None, overrides=None):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m ssd_tf.weights.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ssd_tf.weights.convert",
+                                     description=__doc__.split("\n\n")[0].replace("\n", " "))  # first paragraph
     parser.add_argument("--source", required=True, choices=sorted(SOURCES))
     parser.add_argument("--input", required=True, type=pathlib.Path,
                         help="PyTorch state dict / checkpoint (.pth), or a Detectron weights pickle (.pkl)")
