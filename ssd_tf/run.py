@@ -447,6 +447,19 @@ def load_backbone_weights(model, path: str, cfg: Optional[Config] = None, log=_p
         f"class count there and start from their initialisation; every other weight was loaded")
 
 
+def _check_ground_truth(cfg: Config) -> None:
+    """COCO evaluation against ``--val_json_file``: its images must be the validation records' (checked on the first
+    records before any training or evaluation work, so a wrong file is a usage error, not a failure hours later)."""
+    if cfg.eval.eval_metric != "coco" or not cfg.data.val_json_file:
+        return
+    from ssd_tf.evaluation.runner import GroundTruthMismatch, check_ground_truth
+
+    try:
+        check_ground_truth(cfg.data.val_json_file, cfg.data.validation_file_pattern)
+    except GroundTruthMismatch as e:
+        raise UsageError(str(e)) from None
+
+
 def _warn_frozen_at_random(cfg: Config, model, log) -> None:
     """A run without ``--backbone_checkpoint`` whose model keeps weights frozen (frozen layers, frozen BatchNorm:
     settings made for a pretrained backbone) would train around random constants; such a run tends to diverge, and
@@ -494,6 +507,8 @@ def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = N
     _check_gradient_determinism(cfg, task)
     from ssd_tf.data.reader import list_files
 
+    if evaluate:
+        _check_ground_truth(cfg)
     task.fit_to_training_data(list_files(cfg.data.training_file_pattern), log)
     model_dir = cfg.runtime.model_dir
     steps = total_steps(cfg, global_batch)
@@ -621,6 +636,7 @@ def evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: 
 def _evaluate(cfg: Config, *, checkpoint: Optional[str] = None, all_checkpoints: bool = False, cluster=None,
               log=_print) -> dict:
     strategy, task, _ = _setup(cfg, cluster, None, log)
+    _check_ground_truth(cfg)
     with strategy.scope():
         model = task.build_model()
     metrics = {}
@@ -641,8 +657,12 @@ def _input_errors_named(cfg: Config, log):
     files are scanned record by record to find it)."""
     import tensorflow as tf
 
+    from ssd_tf.evaluation.runner import GroundTruthMismatch
+
     try:
         yield
+    except GroundTruthMismatch as e:  # records past the ones checked at the start
+        raise UsageError(str(e)) from None
     except tf.errors.InvalidArgumentError as e:
         message = str(getattr(e, "message", e))
         if "has class ids not in class_ids" in message:

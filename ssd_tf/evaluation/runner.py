@@ -23,6 +23,38 @@ from typing import Iterable
 import numpy as np
 
 
+class GroundTruthMismatch(ValueError):
+    """The evaluated records' images are not those of ``--val_json_file``."""
+
+
+def _mismatch(count: int, of: str, example, val_json_file: str) -> GroundTruthMismatch:
+    return GroundTruthMismatch(
+        f"{count} of {of} are not images of --val_json_file={val_json_file} (e.g. image id {example!r}); does it "
+        f"belong to --validation_file_pattern?")
+
+
+def check_ground_truth(val_json_file: str, validation_file_pattern: str, sample: int = 16) -> None:
+    """Before a run spends time training or predicting: the first ``sample`` validation records' images must be in
+    ``val_json_file`` (the records' source ids are its image ids); ``GroundTruthMismatch`` otherwise."""
+    import tensorflow as tf
+
+    from ssd_tf.data import example as ex
+    from ssd_tf.data.shards import expand_pattern
+    from ssd_tf.evaluation import export
+
+    with open(val_json_file) as f:
+        gt_images = {img["id"] for img in json.load(f).get("images", [])}
+    records = tf.data.TFRecordDataset(expand_pattern(validation_file_pattern)[:1]).take(sample)
+    source_ids = np.asarray([tf.io.parse_single_example(s, {ex.IMAGE_SOURCE_ID: tf.io.FixedLenFeature(
+        (), tf.string, default_value="")})[ex.IMAGE_SOURCE_ID].numpy() for s in records], object)
+    try:
+        unknown = sorted(set(export._image_ids(source_ids, None).tolist()) - gt_images)
+    except ValueError:  # a source id that is not an integer cannot be a COCO image id
+        unknown = sorted({export._source_id_str(s) for s in source_ids}, key=str)
+    if unknown:
+        raise _mismatch(len(unknown), f"the first {len(source_ids)} validation records", unknown[0], val_json_file)
+
+
 def _restrict_gt(gt: dict, image_ids: set) -> dict:
     """The ground truth of the given image ids only (categories kept)."""
     out = dict(gt)
@@ -67,8 +99,7 @@ def evaluate_coco_batches(batches: Iterable, *, class_ids, class_names, val_json
     if evaluated != gt_images:
         unknown = evaluated - gt_images
         if unknown:
-            raise ValueError(f"{len(unknown)} evaluated image(s) are not in the ground truth, e.g. image id "
-                             f"{sorted(unknown)[0]}; does --val_json_file belong to --validation_file_pattern?")
+            raise _mismatch(len(unknown), f"the {len(evaluated)} evaluated images", sorted(unknown)[0], val_json_file)
         log(f"Scoring the {len(evaluated)} evaluated images of the {len(gt_images)} in the ground truth")
         gt = _restrict_gt(gt, evaluated)
     metrics, arrays = coco.evaluate_coco_full(gt, acc.results(), backend=backend)

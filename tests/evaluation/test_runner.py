@@ -69,6 +69,29 @@ def test_eval_steps_scores_only_the_evaluated_images(shapes):
     assert result["COCO/ARmax100"] > 0.9  # ground truth of the 14 images never looked at is not counted as missed
 
 
+def test_a_val_json_of_other_images_is_named(shapes, tmp_path):
+    from ssd_tf.evaluation.runner import GroundTruthMismatch, check_ground_truth, evaluate_batches
+
+    meta = json.loads((shapes / "tf" / "val.meta.json").read_text())
+    ids, names = [e["id"] for e in meta["label_map"]], [e["name"] for e in meta["label_map"]]
+    pattern = str(shapes / "tf" / "val-*.tfrecord")
+    right = shapes / "shapes/annotations/instances_val.json"
+    check_ground_truth(str(right), pattern)
+    gt = json.loads(right.read_text())  # the same dataset's images under other ids (e.g. another split's JSON)
+    for image in gt["images"]:
+        image["id"] += 1000
+    for annotation in gt["annotations"]:
+        annotation["image_id"] += 1000
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(gt))
+    with pytest.raises(GroundTruthMismatch, match=r"^12 of the first 12 validation records are not images of "
+                                                  r"--val_json_file=.*other\.json \(e\.g\. image id 1\)"):
+        check_ground_truth(str(other), pattern)  # (the first shard: 12 of the 24 images)
+    with pytest.raises(GroundTruthMismatch, match=r"^24 of the 24 evaluated images are not images of"):
+        evaluate_batches(_jittered_ground_truth_batches(pattern, ids), metric="coco", class_ids=ids, class_names=names,
+                         val_json_file=str(other), validation_file_pattern=pattern, log=lambda *a: 0)
+
+
 @pytest.mark.slow
 def test_voc07_metric_through_ssd_main_on_bccd(shared_data, tmp_path):
     """VOC metrics on a real VOC-layout dataset through the real ssd_main path (labels 1..K named correctly)."""

@@ -167,3 +167,21 @@ def test_only_frozen_weights_without_a_backbone_are_warned_about():
     lines = []
     run._warn_frozen_at_random(cfg, build_from_config(cfg.model), lines.append)
     assert lines == []
+
+
+def test_a_val_json_of_other_images_stops_train_and_eval_before_training(tmp_path):
+    import json
+
+    pattern = write_records(tmp_path)
+    cfg = _tiny_config(pattern, tmp_path / "model")
+    other = tmp_path / "instances_other.json"  # a COCO JSON whose images are not the records' (source ids 1..N)
+    other.write_text(json.dumps({"images": [{"id": 1000 + i, "height": 8, "width": 8, "file_name": f"{i}.png"}
+                                            for i in range(len(SIZES))], "annotations": [],
+                                 "categories": [{"id": c, "name": n} for c, n in zip(CLASS_IDS, CLASS_NAMES)]}))
+    cfg.data.val_json_file = str(other)
+    with pytest.raises(run.UsageError, match=r"of the first \d+ validation records are not images of "
+                                             r"--val_json_file=.*instances_other\.json"):
+        run.train_and_eval(cfg)
+    assert not (tmp_path / "model" / "checkpoints").exists()
+    with pytest.raises(run.UsageError, match="instances_other.json"):
+        run.evaluate(cfg)
