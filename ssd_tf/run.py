@@ -499,11 +499,22 @@ def train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = No
 
 def _train(cfg: Config, *, cluster=None, collective_timeout: Optional[float] = None, evaluate: bool = False,
            log=_print) -> dict:
+    check_model_dir(cfg)
+    strategy, task, global_batch = _setup(cfg, cluster, collective_timeout, log)
+    from ssd_tf.distribute.strategy import is_chief
+    from ssd_tf.training.checkpoints import ModelDirBusy, training_lock
+
+    try:
+        with training_lock(cfg.runtime.model_dir) if is_chief(strategy) else contextlib.nullcontext():
+            return _train_locked(cfg, strategy, task, global_batch, evaluate=evaluate, log=log)
+    except ModelDirBusy as e:
+        raise UsageError(str(e)) from None
+
+
+def _train_locked(cfg: Config, strategy, task, global_batch: int, *, evaluate: bool, log) -> dict:
     from ssd_tf import config as config_lib
     from ssd_tf.training import loop
 
-    check_model_dir(cfg)
-    strategy, task, global_batch = _setup(cfg, cluster, collective_timeout, log)
     _check_gradient_determinism(cfg, task)
     from ssd_tf.data.reader import list_files
 

@@ -8,6 +8,10 @@ Layout of a model directory::
                                    evaluation, so they are exactly the evaluated weights and survive the
                                    rolling deletion of ``checkpoints/``)
 
+``.training.lock`` is held (``flock``) by the process training into the directory (the chief of a multi-worker
+run) for as long as it trains: a second training into the same directory stops at once instead of interleaving
+checkpoints with the first. The kernel releases it when the process ends, however it ends.
+
 ``--checkpoint``: empty -> the latest of ``checkpoints/``; ``best`` -> the one ``best/best.json`` names; else a
 checkpoint prefix (``.../ckpt-1200``), a directory holding a ``checkpoint`` state file, or a Keras weights file
 (``FILE.weights.h5``, e.g. converted reference weights: ``python -m ssd_tf.weights.convert``).
@@ -22,10 +26,12 @@ No TensorFlow is imported except to write weights.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 
 BEST_DIR = "best"
 BEST_JSON = "best.json"
@@ -213,3 +219,35 @@ def check_best_metric(metric: str, mode: str, eval_metric: str, class_names=()) 
         raise ValueError(f"--best_metric={metric} is not a key of a {eval_metric} evaluation's eval_results.json; "
                          f"choose one of {shown}")
     metric_direction(metric, mode)
+
+
+class ModelDirBusy(RuntimeError):
+    """Another process is training into the model directory."""
+
+
+@contextlib.contextmanager
+def training_lock(model_dir: str):
+    """Holds ``model_dir/.training.lock`` while the body runs; ``ModelDirBusy`` (naming the holder) when another
+    process holds it. A directory on a filesystem without locks (or a URL such as gs://) is not locked."""
+    if "://" in model_dir:
+        yield
+        return
+    import fcntl
+
+    os.makedirs(model_dir, exist_ok=True)
+    fd = os.open(os.path.join(model_dir, ".training.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "a process"
+            raise ModelDirBusy(f"{model_dir} is being trained by another process ({holder}); wait for it, stop it, "
+                               f"or use another --model_dir") from None
+        except OSError:  # no locks on this filesystem: train unlocked, as before
+            yield
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

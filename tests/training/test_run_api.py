@@ -185,3 +185,25 @@ def test_a_val_json_of_other_images_stops_train_and_eval_before_training(tmp_pat
     assert not (tmp_path / "model" / "checkpoints").exists()
     with pytest.raises(run.UsageError, match="instances_other.json"):
         run.evaluate(cfg)
+
+
+def test_a_second_training_into_the_same_model_dir_stops_at_once(tmp_path):
+    """Two trainings into one model directory would interleave their checkpoints: while one trains (holding
+    .training.lock), another is a usage error naming the holder; once it ends, however it ends, training resumes."""
+    import os
+
+    from ssd_tf.training.checkpoints import ModelDirBusy, training_lock
+
+    pattern = write_records(tmp_path)
+    model_dir = tmp_path / "model"
+    cfg = _tiny_config(pattern, model_dir)
+    with training_lock(str(model_dir)):
+        with pytest.raises(ModelDirBusy):
+            with training_lock(str(model_dir)):
+                pass
+        with pytest.raises(run.UsageError, match=rf"{model_dir} is being trained by another process "
+                                                 rf"\(pid {os.getpid()} on .*\); wait for it, stop it"):
+            run.train(cfg)
+        assert not (model_dir / "checkpoints").exists()
+    run.train(cfg)
+    assert (model_dir / "checkpoints").is_dir()
