@@ -327,7 +327,7 @@ def _setup(cfg: Config, cluster, collective_timeout, log=_print):
     strategy = make_strategy(cfg, cluster, collective_timeout)
     keras.utils.set_random_seed(cfg.train.seed)
     global_batch = cfg.train.train_batch_size * strategy.num_replicas_in_sync
-    return strategy, build_task(cfg, global_batch_size=global_batch), global_batch
+    return strategy, build_task(cfg, global_batch_size=global_batch, log_fn=log), global_batch
 
 
 def _check_gradient_determinism(cfg: Config, task) -> None:

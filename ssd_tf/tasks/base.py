@@ -80,6 +80,7 @@ class Task:
     # Why this family's gradient is only right on a CPU with TensorFlow's op determinism on ("": it does not
     # depend on it); the runtime then refuses to train on a CPU-only machine without it.
     cpu_gradient_needs_determinism: str = ""
+    eval_progress_seconds: float = 60.0  # an evaluation logs its count and rate at most this often
 
     def __init__(self, cfg: Config, global_batch_size: int = 0, log_fn=print):
         self.cfg = cfg
@@ -181,10 +182,15 @@ class Task:
         """Yields (detections, labels) numpy dicts over the validation set (see ``evaluation/runner.py``)."""
         predict = self.predict_fn(model)
         n = 0
+        start = last = time.perf_counter()
         for images, labels in (dataset if dataset is not None else self.build_eval_dataset()):
             dets = predict(images, labels["image_info"])
             n += int(images.shape[0])
             yield {k: v.numpy() for k, v in dets.items()}, {k: v.numpy() for k, v in labels.items()}
+            now = time.perf_counter()
+            if now - last >= self.eval_progress_seconds:  # a long evaluation says it is alive, and how fast
+                self.log(f"Evaluating: {n:,} images so far ({n / (now - start):.1f} images/s)")
+                last = now
         self.log(f"Evaluated {n} images")
 
     def evaluate(self, model, details: dict | None = None) -> dict:

@@ -207,3 +207,17 @@ def test_a_second_training_into_the_same_model_dir_stops_at_once(tmp_path):
         assert not (model_dir / "checkpoints").exists()
     run.train(cfg)
     assert (model_dir / "checkpoints").is_dir()
+
+
+def test_a_long_evaluation_reports_its_progress(tmp_path, monkeypatch):
+    from ssd_tf.tasks.base import Task
+
+    pattern = write_records(tmp_path)
+    cfg = _tiny_config(pattern, tmp_path / "model")
+    run.train(cfg)
+    monkeypatch.setattr(Task, "eval_progress_seconds", 0.0)  # every batch counts as long here
+    lines = []
+    run.evaluate(cfg, log=lines.append)
+    progress = [line for line in lines if line.startswith("Evaluating: ")]
+    assert [p.split(" images so far")[0] for p in progress] == [f"Evaluating: {n}" for n in range(2, len(SIZES) + 1, 2)]
+    assert all(p.endswith(" images/s)") for p in progress)
