@@ -4,7 +4,8 @@ Flags -> config -> ``ssd_tf.run``. The config starts from the saved ``model_dir/
 (resume, eval), else from ``--config_file`` (a saved config.json or a hand-written JSON/YAML subset) or the
 ``--model`` preset; flags override it; the effective config is what ``config.json`` saves. Wrong flags fail
 before TensorFlow starts, with one line saying what to change (exit 2). Exit 3: training diverged; exit 4: a
-multi-worker collective failed.
+multi-worker collective failed; exit 130 / 143: Ctrl-C / SIGTERM stopped a single-process training, after saving
+a checkpoint at the step it reached (the same command resumes there).
 """
 from __future__ import annotations
 
@@ -308,7 +309,7 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    from ssd_tf.training.loop import TrainingDiverged
+    from ssd_tf.training.loop import TrainingDiverged, TrainingInterrupted
 
     try:
         if FLAGS.mode in ("predict", "export"):
@@ -325,6 +326,9 @@ def main(argv):
     except TrainingDiverged as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(3)
+    except TrainingInterrupted as e:
+        print(f"Interrupted: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + e.signum)
     except run.CollectiveFailure as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(4)

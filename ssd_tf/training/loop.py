@@ -14,9 +14,12 @@ Nothing here knows about SSD. A *task* supplies the model, the data and the loss
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -33,6 +36,41 @@ from ssd_tf.training import progress
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or inf. Checkpoints that hold the diverging weights are moved to
     ``checkpoints/diverged/``, so the latest checkpoint left is one known to be good."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a single-worker run between two loop calls; the state at that step was
+    saved first, so rerunning the same command resumes exactly there."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: saved {checkpoint}; rerun the same command "
+                         f"to resume from it")
+
+
+@contextlib.contextmanager
+def _stop_signals_deferred(enabled: bool):
+    """While training, SIGINT / SIGTERM only set ``state["signum"]`` (checked after each loop call, which TensorFlow
+    cannot interrupt anyway); a second one stops at once, as before. Off in multi-worker runs (a save there needs
+    every worker at the same step) and outside the main thread."""
+    state = {"signum": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state["signum"] is not None:  # asked twice: stop now, without a save
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
+        state["signum"] = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # A checkpoint is only written when every trainable weight is finite and |w| <= this: trained detectors keep
@@ -223,43 +261,47 @@ class Trainer:
         interval_time = interval_wait = 0.0
         interval_steps = 0
         interval_sums = {}
+        single_worker = not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         try:
-            while step < opts.total_steps:
-                boundaries = [opts.total_steps]
-                for every in (opts.log_every_steps, opts.checkpoint_every_steps, opts.eval_every_steps):
-                    if every and every > 0:
-                        boundaries.append((step // every + 1) * every)
-                n = min(min(boundaries) - step, opts.steps_per_loop)
-                t0 = time.perf_counter()
-                losses, bad_step, bad, wait = self._train_loop(iterator, tf.constant(n, tf.int32))
-                losses = {k: float(v) for k, v in losses.items()}
-                elapsed = time.perf_counter() - t0
-                if int(bad_step) >= 0 or not all(math.isfinite(v) for v in losses.values()):
-                    parts = ", ".join(f"{k}={float(v):.6g}" for k, v in bad.items())
-                    self._diverged(f"loss is not finite at step {int(bad_step)} ({parts})", int(bad_step))
-                step += n
-                interval_steps += n
-                interval_time += elapsed
-                interval_wait += float(wait)
-                for k, v in losses.items():
-                    interval_sums[k] = interval_sums.get(k, 0.0) + v * n
-                last_losses = losses
-                if step % max(opts.log_every_steps, 1) == 0 or step == opts.total_steps:
-                    avg = {k: v / interval_steps for k, v in interval_sums.items()}
-                    logger.log_train(step, interval_steps, interval_time, interval_wait, self.current_lr(), avg,
-                                     first_interval=first)
-                    first = False
-                    interval_time = interval_wait = 0.0
-                    interval_steps = 0
-                    interval_sums = {}
-                if (opts.checkpoint_every_steps and step % opts.checkpoint_every_steps == 0) \
-                        or step == opts.total_steps:
-                    self._save()
-                if evaluate is not None and opts.eval_every_steps and step % opts.eval_every_steps == 0 \
-                        and step != opts.total_steps:
+            with _stop_signals_deferred(single_worker) as stop:
+                while step < opts.total_steps:
+                    boundaries = [opts.total_steps]
+                    for every in (opts.log_every_steps, opts.checkpoint_every_steps, opts.eval_every_steps):
+                        if every and every > 0:
+                            boundaries.append((step // every + 1) * every)
+                    n = min(min(boundaries) - step, opts.steps_per_loop)
+                    t0 = time.perf_counter()
+                    losses, bad_step, bad, wait = self._train_loop(iterator, tf.constant(n, tf.int32))
+                    losses = {k: float(v) for k, v in losses.items()}
+                    elapsed = time.perf_counter() - t0
+                    if int(bad_step) >= 0 or not all(math.isfinite(v) for v in losses.values()):
+                        parts = ", ".join(f"{k}={float(v):.6g}" for k, v in bad.items())
+                        self._diverged(f"loss is not finite at step {int(bad_step)} ({parts})", int(bad_step))
+                    step += n
+                    interval_steps += n
+                    interval_time += elapsed
+                    interval_wait += float(wait)
+                    for k, v in losses.items():
+                        interval_sums[k] = interval_sums.get(k, 0.0) + v * n
+                    last_losses = losses
+                    if step % max(opts.log_every_steps, 1) == 0 or step == opts.total_steps:
+                        avg = {k: v / interval_steps for k, v in interval_sums.items()}
+                        logger.log_train(step, interval_steps, interval_time, interval_wait, self.current_lr(), avg,
+                                         first_interval=first)
+                        first = False
+                        interval_time = interval_wait = 0.0
+                        interval_steps = 0
+                        interval_sums = {}
+                    if (opts.checkpoint_every_steps and step % opts.checkpoint_every_steps == 0) \
+                            or step == opts.total_steps:
+                        self._save()
+                    if stop["signum"] is not None and step < opts.total_steps:
+                        raise TrainingInterrupted(stop["signum"], step, self._save())
+                    if evaluate is not None and opts.eval_every_steps and step % opts.eval_every_steps == 0 \
+                            and step != opts.total_steps:
+                        self._evaluate(evaluate, step, logger)
+                if evaluate is not None:
                     self._evaluate(evaluate, step, logger)
-            if evaluate is not None:
-                self._evaluate(evaluate, step, logger)
         finally:
             logger.close()
             if not self.is_chief:

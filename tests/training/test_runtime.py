@@ -88,6 +88,33 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(uninterrupte
         np.testing.assert_array_equal(a, b)
 
 
+def test_sigterm_and_ctrl_c_save_where_they_stop_and_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    """SIGTERM (a scheduler's stop) and SIGINT (Ctrl-C) no longer lose the steps since the last periodic
+    checkpoint: the run saves the step it reached, exits 128 + the signal, and the finished run is bit-identical."""
+    ref_dir, _ = uninterrupted
+    reached = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([sys.executable, str(TOY), str(tmp_path), "24", "--delay", "0.1",
+                                 "--checkpoint_every", "100"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        for line in proc.stdout:  # training has started (a first log line)
+            if line.startswith("step "):
+                break
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, out
+        step = _latest_step(tmp_path)
+        assert f"INTERRUPTED: {signal.Signals(sig).name} at step {step}: saved " in out, out
+        assert f"ckpt-{step}; rerun the same command to resume from it" in out
+        reached.append(step)
+    assert 0 < reached[0] < reached[1] < 24  # each stop saved a step no periodic checkpoint (every 100) would
+    r = _run(tmp_path, 24, "--checkpoint_every", "100")
+    assert r.returncode == 0 and f"Restored {tmp_path / 'checkpoints' / f'ckpt-{reached[1]}'}" in r.stdout, r.stdout
+    for a, b in zip(_weights(ref_dir), _weights(tmp_path)):
+        np.testing.assert_array_equal(a, b)
+
+
 def _checkpoint_weights(model_dir, step):
     """The trainable weights stored in checkpoints/ckpt-<step> (read from the files, not from the run)."""
     import tensorflow as tf

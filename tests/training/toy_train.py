@@ -95,6 +95,9 @@ def main():
     except loop.TrainingDiverged as e:
         print(f"DIVERGED: {e}", flush=True)
         sys.exit(3)
+    except loop.TrainingInterrupted as e:
+        print(f"INTERRUPTED: {e}", flush=True)
+        sys.exit(128 + e.signum)
     np.savez(os.path.join(a.model_dir, "final_weights.npz"), *[w.numpy() for w in trainer.model.weights])
     print("DONE", flush=True)
 
