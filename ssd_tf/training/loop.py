@@ -51,7 +51,7 @@ class TrainingInterrupted(Exception):
 @contextlib.contextmanager
 def _stop_signals_deferred(enabled: bool):
     """While training, SIGINT / SIGTERM only set ``state["signum"]`` (checked after each loop call, which TensorFlow
-    cannot interrupt anyway); a second one stops at once, as before. Off in multi-worker runs (a save there needs
+    cannot interrupt anyway); a second one gets the signal's previous handling (stop without a save). Off in multi-worker runs (a save there needs
     every worker at the same step) and outside the main thread."""
     state = {"signum": None}
     if not enabled or threading.current_thread() is not threading.main_thread():
