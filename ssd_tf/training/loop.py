@@ -65,7 +65,9 @@ def _stop_signals_deferred(enabled: bool):
             return
         state["signum"] = signum
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the process ignores (SIGINT of a background job, a supervisor's choice) stays ignored.
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield state
     finally:
