@@ -143,15 +143,20 @@ remaining=${#PIDS[@]}
 failed=()        # "rank:pid:status" in the order the failures were seen
 declare -A DONE=()
 reap() {  # collect every rank that has exited since the last call
-  local i pid rc
+  local i pid rc reactions=()
   for i in "${!PIDS[@]}"; do
     pid="${PIDS[$i]}"
     [ -n "${DONE[$pid]:-}" ] && continue
     kill -0 "$pid" 2>/dev/null && continue
     rc=0; wait "$pid" || rc=$?
     DONE[$pid]=1; remaining=$((remaining - 1))
-    if [ "$rc" -ne 0 ]; then failed+=("${RANKS[$i]}:$pid:$rc"); else echo "run_8p.sh: rank ${RANKS[$i]} finished"; fi
+    if [ "$rc" -eq 4 ]; then reactions+=("${RANKS[$i]}:$pid:$rc")  # a collective failed: it reacted to another rank
+    elif [ "$rc" -ne 0 ]; then failed+=("${RANKS[$i]}:$pid:$rc")
+    else echo "run_8p.sh: rank ${RANKS[$i]} finished"; fi
   done
+  # Ranks seen exiting in the same poll: the one that failed by itself comes before those that reacted to it
+  # (exit 4), whatever their rank order.
+  [ ${#reactions[@]} -eq 0 ] || failed+=("${reactions[@]}")
 }
 while [ "$remaining" -gt 0 ]; do
   reap

@@ -60,3 +60,21 @@ def test_the_demo_runs_to_the_end_and_draws_its_pictures(tmp_path):
     detections = json.loads((predictions / "detections.json").read_text())  # a 2-step model: any count
     assert {d["file_name"] for d in detections} <= {str(work / "shapes" / "val" / f"00000{i}.jpg") for i in (1, 2, 3)}
     assert json.loads((work / "model" / "eval_results.json").read_text())["num_images"] == 300
+
+
+def test_run_8p_names_the_rank_that_failed_not_the_one_that_reacted(tmp_path):
+    """Rank 1 dies (SIGKILL) and rank 0 then exits 4 (its collective with rank 1 failed). When one poll finds
+    both gone, the launcher reports rank 1 and exits 137, whatever the rank order (a fake interpreter plays the
+    ranks; the launcher's own Python steps run on the real one)."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$1" in -c|-) exec {os.sys.executable} "$@" ;; esac
+if [ "$RANK_ID" = 0 ]; then sleep 1; exit 4; else sleep 0.3; kill -9 $$; fi
+""")
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", str(ROOT / "run_8p.sh"), "--mode=train"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**_env(), "RANK_SIZE": "2", "PYTHON": str(fake),
+                                                    "POLL_SECONDS": "3", "FAIL_GRACE": "0",
+                                                    "LOG_DIR": str(tmp_path / "logs")})
+    assert r.returncode == 137, (r.stdout[-2000:], r.stderr[-2000:])
+    assert "rank 1 failed first" in r.stderr and "rank 0 (pid" in r.stderr and "exit status 4" in r.stderr
