@@ -239,15 +239,16 @@ def training_lock(model_dir: str):
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "a process"
             raise ModelDirBusy(f"{model_dir} is being trained by another process ({holder}); wait for it, stop it, "
                                f"or use another --model_dir") from None
         except OSError:  # no locks on this filesystem: train unlocked, as before
-            yield
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield
+            locked = False
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield  # (outside the except clause: an error of the body is not chained onto the OSError)
     finally:
         os.close(fd)
