@@ -130,8 +130,10 @@ def _serialized_records(files, *, is_training, num_pipes, pipe_id, seed, shuffle
     return ds
 
 
-def sample_map(files, fn, sample: int = GROUP_SAMPLE) -> list:
-    """``fn(serialized)`` of the first ``sample`` records of ``files`` (in file order), as numpy values."""
+def sample_map(files, fn, sample: int | None = None) -> list:
+    """``fn(serialized)`` of the first ``sample`` (default ``GROUP_SAMPLE``) records of ``files`` (in file order),
+    as numpy values."""
+    sample = GROUP_SAMPLE if sample is None else sample
     ds = tf.data.TFRecordDataset(list(files)).take(sample).map(fn, num_parallel_calls=tf.data.AUTOTUNE,
                                                                deterministic=True)
     return list(ds.as_numpy_iterator())
@@ -223,7 +225,7 @@ def build_dataset(file_pattern, parser, *, batch_size, is_training, class_ids, i
 
     grouped = is_training and hasattr(parser, "group")
     if grouped:
-        counts = np.bincount(np.asarray(sample_map(files, parser.group, GROUP_SAMPLE), np.int64) + 1,
+        counts = np.bincount(np.asarray(sample_map(files, parser.group), np.int64) + 1,
                              minlength=parser.num_groups + 1)[1:]
         allowed = [bool(c) for c in counts]  # canvases with images in the sample: one stream each
         active = [g for g, a in enumerate(allowed) if a]

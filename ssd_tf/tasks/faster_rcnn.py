@@ -84,4 +84,3 @@ class FasterRCNNTask(Task):
                     "num_detections": tf.cast(out["num_detections"], tf.int32)}
 
         return self._on_canvas(images, detections)
-
