@@ -13,6 +13,7 @@ from ssd_tf import presets
 from ssd_tf.data.example import encode_example
 from ssd_tf.data.rcnn_parser import RCNNParser, fit_canvases, model_canvases, resized_size
 from ssd_tf.data.reader import build_dataset, group_choice, groups_before
+import tiny_data
 
 CLASS_IDS = [1, 2]
 SIZES = [(60, 90), (90, 60), (64, 64), (50, 120), (120, 50), (70, 100), (100, 70), (80, 80), (40, 100), (66, 99),
@@ -219,17 +220,10 @@ def test_images_go_to_the_smallest_canvas_that_holds_them(records):
 def test_a_portrait_picture_that_resizes_square_trains(tmp_path):
     """91 x 90 at min_size 64 resizes to 64 x 64: a square image, so the landscape canvas; its group comes from
     the resized size, the same rule that pads it, so its batch has the shape its stream declares."""
-    path = str(tmp_path / "sq-00000-of-00001.tfrecord")
-    img = np.zeros((91, 90, 3), np.uint8)
-    with tf.io.TFRecordWriter(path) as w:
-        for i in range(2):
-            w.write(encode_example(encoded=tf.io.encode_png(img).numpy(), image_format="png", height=91, width=90,
-                                   source_id=str(i), filename=f"{i}.png", xmin=[0.1], ymin=[0.2], xmax=[0.4],
-                                   ymax=[0.7], labels=[1], texts=["a"], is_crowd=[0], area=[1.0], difficult=[0],
-                                   truncated=[0]))
+    path = tiny_data.write_records(tmp_path, sizes=[(91, 90)] * 2, name="sq")
     parser = RCNNParser(_model(), max_boxes=4)
-    images, labels = next(iter(build_dataset(path, parser, batch_size=2, is_training=True, class_ids=CLASS_IDS,
-                                             seed=0, shuffle_buffer=2)))
+    images, labels = next(iter(build_dataset(path, parser, batch_size=2, is_training=True,
+                                             class_ids=tiny_data.CLASS_IDS, seed=0, shuffle_buffer=2)))
     assert images.shape == (2, 64, 96, 3)
     np.testing.assert_array_equal(labels["image_info"][0, 1].numpy(), [64, 64])
 
@@ -248,19 +242,13 @@ def test_a_canvas_the_sample_missed_is_named_when_its_images_are_left_out(tmp_pa
     (the dataset is smaller than GROUP_SAMPLE) has nothing to warn about."""
     from ssd_tf.data import reader
 
-    path = str(tmp_path / "o-00000-of-00001.tfrecord")
-    with tf.io.TFRecordWriter(path) as w:
-        for i, (h, wd) in enumerate([(60, 90), (60, 90), (90, 60)]):
-            w.write(encode_example(encoded=tf.io.encode_png(np.zeros((h, wd, 3), np.uint8)).numpy(),
-                                   image_format="png", height=h, width=wd, source_id=str(i), filename=f"{i}.png",
-                                   xmin=[0.1], ymin=[0.2], xmax=[0.4], ymax=[0.7], labels=[1], texts=["a"],
-                                   is_crowd=[0], area=[1.0], difficult=[0], truncated=[0]))
+    path = tiny_data.write_records(tmp_path, sizes=[(60, 90), (60, 90), (90, 60)], name="o")
     parser = RCNNParser(_model(), max_boxes=4)
 
     def first_batches(sample):
         monkeypatch.setattr(reader, "GROUP_SAMPLE", sample)
         lines = []
-        ds = build_dataset(path, parser, batch_size=1, is_training=True, class_ids=CLASS_IDS, seed=0,
+        ds = build_dataset(path, parser, batch_size=1, is_training=True, class_ids=tiny_data.CLASS_IDS, seed=0,
                            shuffle_buffer=3, log=lines.append)
         return lines, [labels["image_info"][0, 0].numpy().tolist() for _, labels in ds.take(12)]
 
